@@ -1,0 +1,1 @@
+//! Benchmark harness: end-to-end comparisons of tandem against peer NBD servers.

@@ -1,0 +1,6 @@
+//! `drbdadm`, the DRBD-compatible front end.
+
+fn main() {
+    eprintln!("drbdadm: no commands are implemented yet");
+    std::process::exit(20);
+}

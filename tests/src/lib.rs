@@ -1,0 +1,1 @@
+//! Helpers for multi-process tests: find the built binaries, run clients, clean up.
