@@ -100,6 +100,9 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         (None, Some(p)) => Endpoint::Unix(p),
         (None, None) => anyhow::bail!("give --listen ADDR or --socket PATH"),
     };
+    // Handlers first: a signal that arrives once the banner is out must stop us cleanly.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let listener = Listener::bind(&endpoint)
         .await
         .with_context(|| format!("cannot listen on {endpoint:?}"))?;
@@ -131,8 +134,6 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     }
     let (stop, shutdown) = Shutdown::new();
     let server = tokio::spawn(listener.serve(Arc::new(table), shutdown));
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = int.recv() => info!("SIGINT: shutting down"),
