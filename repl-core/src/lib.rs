@@ -1,7 +1,8 @@
 //! The replication engine as a deterministic state machine.
 //!
 //! No I/O, no clock, no threads: callers feed inputs with the current time and drain outputs.
-//! The engine itself arrives with the two-node issues; this crate holds the shared vocabulary
-//! that every layer already names.
+//! The engine itself arrives with the two-node issues; this crate already holds the formats and
+//! rules every layer names.
 
 pub mod time;
+pub mod types;
