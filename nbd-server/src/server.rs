@@ -27,6 +27,10 @@ pub const MAX_IN_FLIGHT: usize = 128;
 const IN_FLIGHT_KIB: u32 = 2 * (MAX_PAYLOAD >> 10) + 1024;
 /// At most this many extents go in one BLOCK_STATUS reply.
 const MAX_EXTENTS: usize = 1024;
+/// A client must finish option haggling within this time.
+const HANDSHAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// After shutdown, connections get this long to finish in-flight requests before they are cut.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a connection ended other than by the client's choice.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +126,17 @@ impl Listener {
                 }
             }
         }
-        while conns.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                "{} connection(s) still busy after {SHUTDOWN_GRACE:?}; closing them",
+                conns.len()
+            );
+            conns.shutdown().await;
+        }
         if let Listener::Unix(_, p) = &self {
             let _ = std::fs::remove_file(p);
         }
@@ -185,7 +199,13 @@ where
 {
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
-    let Some(session) = negotiate(&mut reader, &mut writer, exports.as_ref()).await? else {
+    let haggling = negotiate(&mut reader, &mut writer, exports.as_ref());
+    let Some(session) = tokio::time::timeout(HANDSHAKE_LIMIT, haggling)
+        .await
+        .map_err(|_| {
+            ConnError::Protocol(format!("handshake not finished within {HANDSHAKE_LIMIT:?}"))
+        })??
+    else {
         return Ok(());
     };
     debug!(export = %session.export.name, flags = format!("{:#x}", session.flags), "transmission");

@@ -82,6 +82,21 @@ impl Proc {
         unsafe { libc::kill(self.child.id() as i32, sig) };
         self.child.wait().expect("wait")
     }
+
+    /// Waits for the exit status, at most `limit` (polling, so a hung child fails the test
+    /// instead of hanging it).
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Proc {

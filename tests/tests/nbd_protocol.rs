@@ -473,3 +473,33 @@ fn several_exports_on_one_server_are_listed_and_served() {
     rt.block_on(server).expect("server task");
     assert!(!sock.exists());
 }
+
+#[test]
+fn sigterm_does_not_hang_on_a_client_stalled_mid_request() {
+    let mut s = NbdServer::start(ServeOpts {
+        size: MIB,
+        ..Default::default()
+    });
+    let mut stalled = Raw::connect(&s.socket, "");
+    // Half a payload, then silence: the server is stuck reading it when SIGTERM arrives.
+    stalled.request(cmd::WRITE, 0, 1, 0, 65536, &[1; 100]);
+    let mut haggling = Raw::greet(&s.socket);
+    haggling.option(opt::LIST, &[]);
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(s.proc.child.id() as i32, libc::SIGTERM) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut child = std::mem::replace(
+        &mut s.proc.child,
+        Command::new("true").spawn().expect("true"),
+    );
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    // The grace period is 10 s; allow generous slack on a loaded machine.
+    let st = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("server exited")
+        .expect("wait");
+    assert!(st.success(), "exit status {st}");
+    assert!(stalled.closed());
+}
