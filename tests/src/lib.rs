@@ -156,6 +156,8 @@ impl NbdServer {
             cmd.arg("--read-only");
         }
         cmd.args(&opts.extra);
+        let log = dir.path().join("server.log");
+        cmd.stderr(std::fs::File::create(&log).expect("log file"));
         let (proc, banner) = spawn_until(cmd, "serving ");
         let uri = banner
             .split_whitespace()
@@ -172,6 +174,11 @@ impl NbdServer {
         }
     }
 
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
     /// The TCP port (for servers started with `tcp`).
     pub fn port(&self) -> u16 {
         let rest = self.uri.trim_start_matches("nbd://");
@@ -184,13 +191,20 @@ impl NbdServer {
     }
 }
 
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- tandem-nbd log ---\n{}", self.log());
+        }
+    }
+}
+
 /// Spawns `cmd` and waits (bounded) until a stdout line starts with `ready`; returns the
 /// process and the stdout seen so far. stdout is drained in the background afterwards.
 pub fn spawn_until(mut cmd: Command, ready: &str) -> (Proc, String) {
     let name = format!("{cmd:?}");
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     let stdout = child.stdout.take().expect("stdout");
