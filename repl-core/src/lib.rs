@@ -4,5 +4,8 @@
 //! The engine itself arrives with the two-node issues; this crate already holds the formats and
 //! rules every layer names.
 
+pub mod al;
+pub mod bitmap;
+pub mod meta;
 pub mod time;
 pub mod types;

@@ -11,7 +11,9 @@ impl Sector {
 
     /// Sectors covering `bytes` exactly; `None` when `bytes` is not a multiple of 512.
     pub fn from_bytes(bytes: u64) -> Option<Sector> {
-        bytes.is_multiple_of(Self::SIZE).then_some(Sector(bytes / Self::SIZE))
+        bytes
+            .is_multiple_of(Self::SIZE)
+            .then_some(Sector(bytes / Self::SIZE))
     }
 
     pub fn bytes(self) -> u64 {
