@@ -7,5 +7,7 @@
 pub mod al;
 pub mod bitmap;
 pub mod meta;
+pub mod state;
 pub mod time;
 pub mod types;
+pub mod uuid;
