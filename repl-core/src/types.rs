@@ -3,7 +3,20 @@
 use std::fmt;
 
 /// A 512-byte sector number or count, DRBD's unit for sizes and offsets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Sector(pub u64);
 
 impl Sector {
@@ -22,7 +35,7 @@ impl Sector {
 }
 
 /// A DRBD generation identifier. Bit 0 carries the "primary" flag in the current UUID and is
-/// masked off when UUIDs are compared.
+/// masked off when UUIDs are compared. Serialized as DRBD prints it: 16 upper-case hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Uuid(pub u64);
 
@@ -48,6 +61,21 @@ impl fmt::Display for Uuid {
     }
 }
 
+impl serde::Serialize for Uuid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Uuid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        u64::from_str_radix(&s, 16)
+            .map(Uuid)
+            .map_err(|e| serde::de::Error::custom(format!("bad UUID {s:?}: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +87,17 @@ mod tests {
         assert_eq!(Sector(3).bytes(), 1536);
         assert_eq!(Uuid(0x1235).masked(), 0x1234);
         assert_eq!(Uuid(0xab).to_string(), "00000000000000AB");
+    }
+
+    #[test]
+    fn uuids_serialize_as_drbd_prints_them() {
+        let j = serde_json::to_string(&Uuid(0x1234_5678_9ABC_DEF1)).unwrap();
+        assert_eq!(j, "\"123456789ABCDEF1\"");
+        assert_eq!(
+            serde_json::from_str::<Uuid>(&j).unwrap(),
+            Uuid(0x1234_5678_9ABC_DEF1)
+        );
+        assert!(serde_json::from_str::<Uuid>("\"xyz\"").is_err());
+        assert_eq!(serde_json::to_string(&Sector(8)).unwrap(), "8");
     }
 }
