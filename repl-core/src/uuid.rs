@@ -18,7 +18,9 @@ pub const FF_WSAME: u32 = 4;
 pub const FF_ALL: u32 = 1 | 2 | FF_WSAME | 8;
 
 /// A node's generation identifiers as stored in the superblock (`uuid[4]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct GenerationUuids {
     pub current: Uuid,
     pub bitmap: Uuid,

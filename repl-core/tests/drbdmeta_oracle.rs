@@ -9,9 +9,10 @@ use std::process::{Command, Stdio};
 use repl_core::al::{self, ActivityLog, Admission, Extent, EXTENT_SECTORS};
 use repl_core::bitmap::Bitmap;
 use repl_core::meta::{
-    self, AlGeometry, GenUuids, Layout, MdFlags, MetaWrite, Placement, Superblock, BLOCK_BYTES,
+    self, AlGeometry, Layout, MdFlags, MetaWrite, Placement, Superblock, BLOCK_BYTES,
 };
 use repl_core::types::{Sector, Uuid};
+use repl_core::uuid::GenerationUuids;
 use tempfile::NamedTempFile;
 
 const MIB: u64 = 1 << 20;
@@ -196,7 +197,7 @@ fn we_read_what_create_md_writes() {
 fn our_superblock(layout: &Layout) -> Superblock {
     Superblock {
         la_size: Sector(layout.max_usable.0 - 1000),
-        uuids: GenUuids {
+        uuids: GenerationUuids {
             current: Uuid(0x1234_5678_9ABC_DEF1),
             bitmap: Uuid(0x0F0E_0D0C_0B0A_0908),
             history: [Uuid(0xAAAA_BBBB_CCCC_DDDC), Uuid(0x1111_2222_3333_4444)],

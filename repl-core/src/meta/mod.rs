@@ -9,7 +9,7 @@ pub use layout::{
     MIN_DEVICE_BYTES,
 };
 pub use superblock::{
-    GenUuids, MdFlags, MdState, Superblock, CREATE_MD_AL_EXTENTS, MAGIC_CLEAN, MAGIC_UNCLEAN,
+    MdFlags, MdState, Superblock, CREATE_MD_AL_EXTENTS, MAGIC_CLEAN, MAGIC_UNCLEAN,
 };
 
 use crate::al;

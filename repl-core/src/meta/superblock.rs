@@ -4,6 +4,7 @@
 use super::layout::{AlGeometry, Layout, BLOCK_BYTES, BYTES_PER_BIT};
 use super::MetaError;
 use crate::types::{Sector, Uuid};
+use crate::uuid::GenerationUuids;
 
 /// Magic of metadata that was closed cleanly (`DRBD_MD_MAGIC_08`).
 pub const MAGIC_CLEAN: u32 = 0x8374_026b;
@@ -40,14 +41,6 @@ impl MdFlags {
     }
 }
 
-/// The generation UUID tuple: current, bitmap, and two history entries (newest first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GenUuids {
-    pub current: Uuid,
-    pub bitmap: Uuid,
-    pub history: [Uuid; 2],
-}
-
 /// Whether the superblock says the metadata was closed cleanly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MdState {
@@ -61,7 +54,7 @@ pub enum MdState {
 pub struct Superblock {
     /// Last agreed data size (`la_size_sect`).
     pub la_size: Sector,
-    pub uuids: GenUuids,
+    pub uuids: GenerationUuids,
     /// Kept and written back unchanged; 8.4 never generates it.
     pub device_uuid: u64,
     pub flags: MdFlags,
@@ -79,9 +72,9 @@ impl Superblock {
     pub fn fresh(layout: &Layout) -> Superblock {
         Superblock {
             la_size: Sector(0),
-            uuids: GenUuids {
+            uuids: GenerationUuids {
                 current: Uuid::JUST_CREATED,
-                ..GenUuids::default()
+                ..GenerationUuids::default()
             },
             device_uuid: 0,
             flags: MdFlags::AL_CLEAN,
@@ -148,7 +141,7 @@ impl Superblock {
         };
         Ok(Superblock {
             la_size: Sector(u64_at(0)),
-            uuids: GenUuids {
+            uuids: GenerationUuids {
                 current: Uuid(u64_at(8)),
                 bitmap: Uuid(u64_at(16)),
                 history: [Uuid(u64_at(24)), Uuid(u64_at(32))],
@@ -220,7 +213,7 @@ mod tests {
             .prop_map(|(w, d, (al_offset, bm_offset, clean), (stripes, size))| {
                 Superblock {
                     la_size: Sector(w[0]),
-                    uuids: GenUuids {
+                    uuids: GenerationUuids {
                         current: Uuid(w[1]),
                         bitmap: Uuid(w[2]),
                         history: [Uuid(w[3]), Uuid(w[4])],
