@@ -6,6 +6,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -46,6 +47,8 @@ pub struct FileDevice {
     block_device: bool,
     direct: bool,
     ring: Option<Ring>,
+    /// The file system refused `RWF_NOWAIT` writes (ext4 does): stop asking.
+    nowait_writes_unsupported: AtomicBool,
 }
 
 impl FileDevice {
@@ -89,6 +92,7 @@ impl FileDevice {
             block_device: ft.is_block_device(),
             direct: opts.direct,
             ring,
+            nowait_writes_unsupported: AtomicBool::new(false),
         })
     }
 
@@ -155,6 +159,9 @@ impl FileDevice {
     }
 
     async fn write_at(&self, offset: u64, data: Bytes, fua: bool) -> io::Result<()> {
+        if !self.direct && !fua {
+            return self.write_inline(offset, &data);
+        }
         let data = if !(data.as_ptr() as usize).is_multiple_of(self.align()) {
             aligned_copy(&data, self.align())
         } else {
@@ -182,6 +189,35 @@ impl FileDevice {
                 .await
             }
         }
+    }
+
+    /// A buffered write done on the calling thread, as a threaded server does: a page-cache
+    /// copy costs less than the hops to the ring thread and io_uring's worker (ext4 cannot
+    /// write without blocking, so io_uring punts every buffered write to a worker thread).
+    /// `RWF_NOWAIT` first where the file system supports it, then a plain pwrite, which can
+    /// hold this runtime worker while the kernel throttles dirty pages (measured in
+    /// `tandem-bench nbd`: `block_in_place` around it cost a fifth of the 4 KiB write rate).
+    fn write_inline(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        if !self.nowait_writes_unsupported.load(Ordering::Relaxed) {
+            match rw_nowait(
+                &self.file,
+                offset,
+                data.as_ptr().cast_mut(),
+                data.len(),
+                true,
+            ) {
+                Ok(n) if n == data.len() => return Ok(()),
+                Ok(n) => done = n,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) if unsupported(&e) => self
+                    .nowait_writes_unsupported
+                    .store(true, Ordering::Relaxed),
+                Err(e) => return Err(e),
+            }
+        }
+        let rest = &data[done..];
+        self.file.write_all_at(rest, offset + done as u64)
     }
 
     async fn write_zero_run(&self, offset: u64, len: u32) -> io::Result<()> {
@@ -220,6 +256,29 @@ fn aligned_copy(data: &[u8], align: usize) -> Bytes {
     let pad = v.len();
     v.extend_from_slice(data);
     Bytes::from(v).slice(pad..)
+}
+
+/// One `preadv2`/`pwritev2` with `RWF_NOWAIT`: completes from the page cache or fails with
+/// `EAGAIN` (or `EOPNOTSUPP` where the file system cannot avoid blocking).
+fn rw_nowait(f: &File, offset: u64, ptr: *mut u8, len: usize, write: bool) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len,
+    };
+    // SAFETY: `iov` points at `len` bytes the caller owns for the duration of the call
+    // (readable for a write, writable for a read); the fd stays open through `f`.
+    let n = unsafe {
+        if write {
+            libc::pwritev2(f.as_raw_fd(), &iov, 1, offset as i64, libc::RWF_NOWAIT)
+        } else {
+            libc::preadv2(f.as_raw_fd(), &iov, 1, offset as i64, libc::RWF_NOWAIT)
+        }
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 fn unsupported(e: &io::Error) -> bool {
@@ -264,8 +323,20 @@ impl BlockDevice for FileDevice {
     fn read(&self, offset: u64, len: u32) -> DeviceFuture<'_, Bytes> {
         Box::pin(async move {
             let len = len as usize;
-            let buf = aligned_buffer(len, self.align());
+            let mut buf = aligned_buffer(len, self.align());
             let pad = buf.len();
+            if !self.direct {
+                // From the page cache without blocking, when the data is there.
+                // SAFETY: the spare capacity holds `len` bytes (aligned_buffer reserved them).
+                let spare = unsafe { buf.as_mut_ptr().add(pad) };
+                if let Ok(n) = rw_nowait(&self.file, offset, spare, len, false) {
+                    if n == len {
+                        // SAFETY: preadv2 initialised exactly `len` bytes after the padding.
+                        unsafe { buf.set_len(pad + len) };
+                        return Ok(Bytes::from(buf).slice(pad..));
+                    }
+                }
+            }
             let buf = match &self.ring {
                 Some(r) => match Self::ring_op(r, OpKind::Read { offset, buf, len }).await? {
                     OpOutput::Read(b) => b,
@@ -455,6 +526,29 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn uring_round_trip() {
         round_trip(IoEngine::Auto).await;
+    }
+
+    /// O_DIRECT bypasses the inline page-cache paths, so reads and writes go through the ring.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uring_direct_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk.img");
+        File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        let opts = FileOptions {
+            direct: true,
+            ..Default::default()
+        };
+        let dev = FileDevice::open(&p, opts).unwrap();
+        assert_eq!(dev.engine_name(), "io_uring");
+        assert_eq!(dev.block_sizes().minimum, 4096);
+        // An unaligned source buffer is copied into an aligned one before the write.
+        let data = Bytes::from(vec![9u8; 8192 + 1]).slice(1..);
+        dev.write(4096, data.clone(), false).await.unwrap();
+        dev.write(16384, data.clone(), true).await.unwrap();
+        assert_eq!(dev.read(4096, 8192).await.unwrap(), data);
+        assert_eq!(dev.read(16384, 8192).await.unwrap(), data);
+        let back = std::fs::read(&p).unwrap();
+        assert!(back[4096..12288].iter().all(|b| *b == 9));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
 #[derive(Parser)]
-#[command(version, about = "Serve a file or block device over NBD")]
+#[command(
+    name = "tandem-nbd",
+    version,
+    about = "Serve a file or block device over NBD"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
