@@ -1,1 +1,14 @@
-//! Benchmark harness: end-to-end comparisons of tandem against peer NBD servers.
+//! Benchmarks of tandem: criterion micro-benchmarks (`benches/`) and the `tandem-bench` binary,
+//! which compares tandem-nbd end to end against nbdkit and qemu-nbd with fio through NBD.
+//!
+//! Benchmarks are not timed tests: they print ratios against peers measured in the same run,
+//! because absolute figures drift on a shared machine. The harness builds nothing; it runs the
+//! binaries it is given and cleans up every child and file it made, even on Ctrl-C.
+
+pub mod fio;
+pub mod nbd;
+pub mod process;
+pub mod report;
+pub mod scratch;
+pub mod server;
+pub mod signal;
