@@ -6,8 +6,11 @@
 
 pub mod al;
 pub mod bitmap;
+pub mod engine;
 pub mod meta;
+pub mod rng;
 pub mod state;
+pub mod status;
 pub mod time;
 pub mod types;
 pub mod uuid;

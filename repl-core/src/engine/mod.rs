@@ -1,0 +1,719 @@
+//! One node's engine for one volume: requests in, disk operations out, in DRBD's order.
+//!
+//! No I/O and no clock. The daemon calls [`Engine::submit`], [`Engine::disk_done`] and
+//! [`Engine::command`], then drains [`Engine::poll_output`] after every call. This first engine
+//! runs a node without a peer (StandAlone or waiting for one): every write goes through the
+//! activity log and marks the bitmap, metadata updates are ordered as DRBD orders them, and the
+//! state rules of [`crate::state`] decide role changes. The peer link arrives with replication.
+//!
+//! Metadata ordering: metadata writes go out one at a time, each durable (FUA) before the
+//! next, so that bitmap pages precede the AL transaction that evicts their extents, and a
+//! superblock that records a role change precedes the writes it covers.
+
+mod io;
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+pub use io::{
+    sectors, DiskOp, DiskResult, OpId, Output, ReqId, Request, RequestError, SubmitError,
+    MAX_REQUEST_BYTES,
+};
+
+use crate::al::{self, ActivityLog, Admission};
+use crate::bitmap::Bitmap;
+use crate::meta::{Layout, MdFlags, MdState, Superblock};
+use crate::rng::Rng;
+use crate::state::{
+    AttachMeta, ConnState, Context, DiskState, NodeState, Promotion, Role, StateChangeError,
+    FORCED_SPLIT_BRAIN, FORCED_UP_TO_DATE,
+};
+use crate::status::{Counters, Status};
+use crate::types::Sector;
+use crate::uuid::GenerationUuids;
+
+/// What the engine is configured with (the effective options of its resource and volume).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub resource: String,
+    pub volume: u32,
+    pub minor: u32,
+    /// `al-extents`, already clamped to what the ring can hold.
+    pub al_extents: u16,
+    pub context: Context,
+    /// Seeds generation UUIDs (the daemon passes entropy, the simulator a seed).
+    pub seed: u64,
+}
+
+/// The metadata and bitmap read from disk at attach time.
+#[derive(Debug, Clone)]
+pub struct OnDisk {
+    pub layout: Layout,
+    pub superblock: Superblock,
+    /// The whole AL ring, `layout.al_bytes()` long.
+    pub al_ring: Vec<u8>,
+    /// The on-disk bitmap area (at least the pages covering the usable size).
+    pub bitmap: Vec<u8>,
+}
+
+/// Why the metadata cannot be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    #[error("activity log: {0}")]
+    Al(#[from] al::AlError),
+    #[error("bitmap: {0}")]
+    Bitmap(#[from] crate::bitmap::BitmapError),
+    #[error("{0}")]
+    State(#[from] StateChangeError),
+}
+
+/// A command from the operator (`drbdadm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Primary {
+        force: bool,
+    },
+    Secondary,
+    NewCurrentUuid {
+        clear_bitmap: bool,
+    },
+    Outdate,
+    /// Stop taking requests, finish those in flight, persist the bitmap and a clean
+    /// superblock, then report [`Event::Down`].
+    Down,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}")]
+    State(#[from] StateChangeError),
+    #[error(
+        "the fence-peer handler is needed for this promotion and handlers are not supported yet"
+    )]
+    FencePeerUnsupported,
+    #[error("the device is going down")]
+    GoingDown,
+}
+
+/// Things users see, worded as DRBD logs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    StateChanged {
+        old: NodeState,
+        new: NodeState,
+    },
+    /// A line for the log (DRBD's wording where it has one).
+    Log(String),
+    /// The superblock (and so the role, flags and UUIDs) is durable: status may be published.
+    MetadataWritten,
+    /// After [`Command::Down`]: nothing is in flight and the metadata is clean.
+    Down,
+}
+
+/// What a metadata write unblocks when it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Nothing,
+    /// An AL transaction: its writes may go.
+    AlTransaction(u32),
+    /// A superblock: writes gated on it may go.
+    Superblock,
+    /// The clean superblock written by `Down`.
+    Down,
+}
+
+/// A metadata write waiting for its turn.
+#[derive(Debug, Clone)]
+struct MetaStep {
+    offset: u64,
+    data: Bytes,
+    after: After,
+}
+
+/// A request the engine holds.
+#[derive(Debug)]
+struct Pending {
+    request: Request,
+    /// The AL references it took (writes only), released at completion.
+    al_held: bool,
+}
+
+/// What a disk operation in flight is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpFor {
+    Request(ReqId),
+    Meta(After),
+}
+
+/// One node's replication engine for one volume.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    layout: Layout,
+    sb: Superblock,
+    state: NodeState,
+    al: ActivityLog,
+    bitmap: Bitmap,
+    /// Usable size in bytes.
+    size: u64,
+    rng: Rng,
+    next_req: u64,
+    next_op: u64,
+    requests: HashMap<ReqId, Pending>,
+    ops: HashMap<OpId, OpFor>,
+    /// Writes not yet admitted by the activity log, oldest first.
+    waiting: VecDeque<ReqId>,
+    /// The write whose AL transaction is being persisted.
+    staged: Option<(u32, ReqId)>,
+    meta_queue: VecDeque<MetaStep>,
+    meta_busy: bool,
+    /// Superblock writes in the queue that writes must wait for.
+    gating_superblocks: u32,
+    going_down: bool,
+    counters: Counters,
+    out: VecDeque<Output>,
+}
+
+impl Engine {
+    /// Attaches the metadata read from disk: replays the activity log when the metadata was
+    /// not closed cleanly (marking hot extents out of sync when the node was Primary), then
+    /// records the attach in the superblock. Drain [`Engine::poll_output`] afterwards: the
+    /// metadata writes must be performed before the node serves writes.
+    ///
+    /// # Errors
+    /// A ring or bitmap that cannot be used, or a refused attach.
+    pub fn attach(cfg: EngineConfig, disk: OnDisk) -> Result<Engine, AttachError> {
+        let OnDisk {
+            layout,
+            superblock,
+            al_ring,
+            bitmap,
+        } = disk;
+        let size = layout.max_usable.bytes();
+        let bits = size.div_ceil(crate::bitmap::BLOCK_BYTES);
+        let mut bitmap = Bitmap::from_bytes(bits, &bitmap)?;
+        let mut out = VecDeque::new();
+        let mut sb = superblock;
+        let mut meta_queue = VecDeque::new();
+        if sb.state == MdState::Unclean {
+            let replay = al::replay(&al_ring, layout.al)?;
+            if sb.must_apply_al() {
+                let before = bitmap.count();
+                for e in &replay.hot {
+                    bitmap.set_extent(*e);
+                }
+                let kib = (bitmap.count() - before) * 4;
+                out.push_back(Output::Event(Event::Log(format!(
+                    "Marked additional {kib} KB as out-of-sync based on AL."
+                ))));
+            }
+            for page in bitmap.take_dirty_pages() {
+                meta_queue.push_back(bitmap_page_step(&layout, &bitmap, page));
+            }
+            meta_queue.push_back(MetaStep {
+                offset: layout.al_start(),
+                data: Bytes::from(al::initialized_ring(layout.al)),
+                after: After::Nothing,
+            });
+            sb = sb.al_applied();
+        }
+        let al = ActivityLog::new(cfg.al_extents, layout.al)?;
+        let meta = AttachMeta {
+            consistent: sb.flags.contains(MdFlags::CONSISTENT),
+            was_up_to_date: sb.flags.contains(MdFlags::WAS_UP_TO_DATE),
+            peer_outdated: sb.flags.contains(MdFlags::PEER_OUT_DATED),
+        };
+        let down = NodeState {
+            conn: ConnState::StandAlone,
+            ..NodeState::DOWN
+        };
+        let attached = down.attach(meta, &cfg.context)?;
+        let mut engine = Engine {
+            rng: Rng::new(cfg.seed),
+            cfg,
+            layout,
+            sb: sb.attached(),
+            state: down,
+            al,
+            bitmap,
+            size,
+            next_req: 0,
+            next_op: 0,
+            requests: HashMap::new(),
+            ops: HashMap::new(),
+            waiting: VecDeque::new(),
+            staged: None,
+            meta_queue,
+            meta_busy: false,
+            gating_superblocks: 0,
+            going_down: false,
+            counters: Counters::default(),
+            out,
+        };
+        engine.sb.la_size = Sector(size / Sector::SIZE);
+        engine.set_state(attached.state);
+        engine.write_superblock(After::Superblock);
+        Ok(engine)
+    }
+
+    /// The next output, in order; call until `None` after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// A snapshot in DRBD's vocabulary for status output.
+    pub fn status(&self) -> Status {
+        Status {
+            resource: self.cfg.resource.clone(),
+            volume: self.cfg.volume,
+            minor: self.cfg.minor,
+            state: self.state,
+            uuids: self.sb.uuids,
+            flags: self.sb.flags,
+            size: Sector(self.size / Sector::SIZE),
+            out_of_sync: self.bitmap.count() * 4,
+            counters: Counters {
+                lo: self.ops.len() as u64,
+                ap: self.requests.len() as u64,
+                ..self.counters
+            },
+        }
+    }
+
+    /// The node's states.
+    pub fn state(&self) -> NodeState {
+        self.state
+    }
+
+    /// The generation UUIDs as they will be persisted.
+    pub fn uuids(&self) -> GenerationUuids {
+        self.sb.uuids
+    }
+
+    /// Bits set in the dirty bitmap.
+    pub fn out_of_sync_blocks(&self) -> u64 {
+        self.bitmap.count()
+    }
+
+    /// Accepts a block-layer request; its [`Output::Complete`] follows later.
+    ///
+    /// # Errors
+    /// The node is not Primary, has no usable data, is going down, or the range is bad.
+    pub fn submit(&mut self, request: Request) -> Result<ReqId, SubmitError> {
+        if self.going_down {
+            return Err(SubmitError::Down);
+        }
+        if self.state.role != Role::Primary {
+            return Err(SubmitError::NotPrimary);
+        }
+        if self.state.disk < DiskState::UpToDate {
+            return Err(SubmitError::NoData(self.state.disk));
+        }
+        if let Some((offset, len)) = request.range() {
+            if len > MAX_REQUEST_BYTES {
+                return Err(SubmitError::TooLarge(len));
+            }
+            if offset.checked_add(len).is_none_or(|end| end > self.size) {
+                return Err(SubmitError::OutOfRange {
+                    offset,
+                    len,
+                    size: self.size,
+                });
+            }
+        }
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        let writes = request.writes();
+        self.requests.insert(
+            req,
+            Pending {
+                request,
+                al_held: false,
+            },
+        );
+        if writes {
+            self.waiting.push_back(req);
+            self.admit_waiting();
+        } else {
+            self.issue(req);
+        }
+        Ok(req)
+    }
+
+    /// Reports a disk operation's result.
+    pub fn disk_done(&mut self, op: OpId, result: DiskResult) {
+        match self.ops.remove(&op) {
+            Some(OpFor::Request(req)) => self.request_done(req, result),
+            Some(OpFor::Meta(after)) => self.meta_done(after, result),
+            None => self.log(format!("completion for unknown disk operation {}", op.0)),
+        }
+    }
+
+    /// Runs an operator command. `device_open` says whether a client holds the export open.
+    ///
+    /// # Errors
+    /// DRBD's refusal, as `drbdsetup` words it.
+    pub fn command(&mut self, cmd: Command, device_open: bool) -> Result<(), CommandError> {
+        if self.going_down {
+            return Err(CommandError::GoingDown);
+        }
+        let ctx = Context {
+            device_open,
+            ..self.cfg.context
+        };
+        match cmd {
+            Command::Primary { force } => match self.state.promote(force, false, &ctx)? {
+                Promotion::Unchanged => {}
+                Promotion::RunFencePeer => return Err(CommandError::FencePeerUnsupported),
+                Promotion::Promoted {
+                    state,
+                    forced,
+                    forced_split_brain,
+                } => {
+                    if forced {
+                        self.log(FORCED_UP_TO_DATE.into());
+                    }
+                    if forced_split_brain {
+                        self.log(FORCED_SPLIT_BRAIN.into());
+                    }
+                    let random = self.rng.next_u64();
+                    if self.sb.uuids.promote(&state, forced, random) {
+                        self.log(format!("new current UUID {}", self.sb.uuids.current));
+                    }
+                    self.set_state(state);
+                    self.write_superblock(After::Superblock);
+                }
+            },
+            Command::Secondary => {
+                if let Some(state) = self.state.demote(&ctx)? {
+                    self.sb.uuids.set_role(Role::Secondary);
+                    self.set_state(state);
+                    self.write_superblock(After::Superblock);
+                }
+            }
+            Command::NewCurrentUuid { clear_bitmap } => {
+                let random = self.rng.next_u64();
+                self.sb
+                    .uuids
+                    .new_current_uuid(clear_bitmap, &self.state, 0, random)?;
+                if clear_bitmap {
+                    self.clear_bitmap();
+                }
+                self.log(format!("new current UUID {}", self.sb.uuids.current));
+                self.write_superblock(After::Superblock);
+            }
+            Command::Outdate => {
+                if let Some(state) = self.state.outdate(&ctx)? {
+                    self.set_state(state);
+                    self.write_superblock(After::Superblock);
+                }
+            }
+            Command::Down => {
+                if let Some(state) = self.state.demote(&ctx)? {
+                    self.sb.uuids.set_role(Role::Secondary);
+                    self.set_state(state);
+                }
+                self.going_down = true;
+                self.maybe_finish_down();
+            }
+        }
+        Ok(())
+    }
+
+    fn log(&mut self, line: String) {
+        self.out.push_back(Output::Event(Event::Log(line)));
+    }
+
+    fn set_state(&mut self, new: NodeState) {
+        let old = self.state;
+        if old != new {
+            self.state = new;
+            self.sb.flags = md_flags(self.sb.flags, &new);
+            self.out
+                .push_back(Output::Event(Event::StateChanged { old, new }));
+        }
+    }
+
+    fn op(&mut self, purpose: OpFor, kind: DiskOp) {
+        let op = OpId(self.next_op);
+        self.next_op += 1;
+        self.ops.insert(op, purpose);
+        self.out.push_back(Output::Disk { op, kind });
+    }
+
+    /// Admits waiting writes through the activity log, in order; those that must wait stay.
+    fn admit_waiting(&mut self) {
+        if self.gating_superblocks > 0 {
+            return;
+        }
+        let mut still = VecDeque::new();
+        while let Some(req) = self.waiting.pop_front() {
+            let Some(p) = self.requests.get(&req) else {
+                continue;
+            };
+            let Some((offset, len)) = p.request.range() else {
+                continue;
+            };
+            let (start, n) = sectors(offset, len);
+            match self.al.begin_write(start, n) {
+                Ok(Admission::Go) => {
+                    self.hold_al(req);
+                    self.issue(req);
+                }
+                Ok(Admission::Persist(pending)) => {
+                    self.hold_al(req);
+                    for e in &pending.evicted {
+                        let page = Bitmap::page_of_extent(*e);
+                        let step = bitmap_page_step(&self.layout, &self.bitmap, page);
+                        self.meta_queue.push_back(step);
+                    }
+                    let tr = pending.transaction.tr_number;
+                    match pending.transaction.encode() {
+                        Ok(block) => {
+                            self.staged = Some((tr, req));
+                            self.meta_queue.push_back(MetaStep {
+                                offset: self.layout.al_block_offset(pending.ring_block),
+                                data: Bytes::copy_from_slice(&block),
+                                after: After::AlTransaction(tr),
+                            });
+                            self.pump_meta();
+                        }
+                        Err(e) => {
+                            self.log(format!("cannot encode AL transaction: {e}"));
+                            self.finish(req, Err(RequestError::Io));
+                        }
+                    }
+                }
+                Ok(Admission::Wait) => still.push_back(req),
+                Err(e) => {
+                    self.log(format!("activity log refused a write: {e}"));
+                    self.finish(req, Err(RequestError::Io));
+                }
+            }
+        }
+        self.waiting = still;
+    }
+
+    fn hold_al(&mut self, req: ReqId) {
+        if let Some(p) = self.requests.get_mut(&req) {
+            p.al_held = true;
+        }
+    }
+
+    /// Sends a request's disk operation; a write also marks its blocks out of sync, since no
+    /// peer receives it.
+    fn issue(&mut self, req: ReqId) {
+        let Some(p) = self.requests.get(&req) else {
+            return;
+        };
+        let kind = match &p.request {
+            Request::Read { offset, len } => DiskOp::Read {
+                offset: *offset,
+                len: *len,
+            },
+            Request::Write { offset, data, fua } => DiskOp::Write {
+                offset: *offset,
+                data: data.clone(),
+                fua: *fua,
+            },
+            Request::Flush => DiskOp::Flush,
+            Request::Trim { offset, len } => DiskOp::Trim {
+                offset: *offset,
+                len: *len,
+            },
+            Request::WriteZeroes { offset, len, fua } => DiskOp::WriteZeroes {
+                offset: *offset,
+                len: *len,
+                fua: *fua,
+            },
+        };
+        if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
+            // The range was checked against the size at submit.
+            let _ = self.bitmap.set_bytes(offset, len);
+        }
+        self.op(OpFor::Request(req), kind);
+    }
+
+    fn request_done(&mut self, req: ReqId, result: DiskResult) {
+        let Some(p) = self.requests.get(&req) else {
+            return;
+        };
+        let range = p.request.range();
+        let result = match (&p.request, result) {
+            (_, DiskResult::Failed) => Err(RequestError::Io),
+            (Request::Read { .. }, DiskResult::Data(d)) => Ok(Some(d)),
+            (Request::Read { .. }, DiskResult::Done) => Err(RequestError::Io),
+            (_, _) => Ok(None),
+        };
+        if result.is_ok() {
+            let kib = range.map_or(0, |(_, len)| len / 1024);
+            match p.request {
+                Request::Read { .. } => self.counters.dr += kib,
+                Request::Flush => {}
+                _ => self.counters.dw += kib,
+            }
+        } else {
+            // No peer holds the data either: the request fails. Detaching on I/O errors
+            // (`on-io-error`) arrives with the peer, which can serve instead.
+            self.log(format!("local disk I/O error on request {}", req.0));
+        }
+        self.finish(req, result);
+    }
+
+    /// Completes a request: releases its AL references and retries writes that waited.
+    fn finish(&mut self, req: ReqId, result: Result<Option<Bytes>, RequestError>) {
+        let Some(p) = self.requests.remove(&req) else {
+            return;
+        };
+        if p.al_held {
+            if let Some((offset, len)) = p.request.range() {
+                let (start, n) = sectors(offset, len);
+                if let Err(e) = self.al.end_write(start, n) {
+                    self.log(format!("activity log: {e}"));
+                }
+            }
+        }
+        self.out.push_back(Output::Complete { req, result });
+        self.admit_waiting();
+        self.maybe_finish_down();
+    }
+
+    fn write_superblock(&mut self, after: After) {
+        if after == After::Superblock {
+            self.gating_superblocks += 1;
+        }
+        self.meta_queue.push_back(MetaStep {
+            offset: self.layout.md_offset,
+            data: Bytes::copy_from_slice(&self.sb.encode()),
+            after,
+        });
+        self.pump_meta();
+    }
+
+    fn pump_meta(&mut self) {
+        if self.meta_busy {
+            return;
+        }
+        if let Some(step) = self.meta_queue.pop_front() {
+            self.meta_busy = true;
+            self.op(
+                OpFor::Meta(step.after),
+                DiskOp::MetaWrite {
+                    offset: step.offset,
+                    data: step.data,
+                },
+            );
+        }
+    }
+
+    fn meta_done(&mut self, after: After, result: DiskResult) {
+        self.meta_busy = false;
+        if result == DiskResult::Failed {
+            // Metadata that cannot be written leaves the disk unusable, as DRBD detaches.
+            self.log("meta data I/O error; the disk is failed".into());
+            let failed = NodeState {
+                disk: DiskState::Failed,
+                ..self.state
+            };
+            self.set_state(failed);
+        }
+        match after {
+            After::Nothing => {}
+            After::AlTransaction(tr) => {
+                self.counters.al += 1;
+                if let Err(e) = self.al.transaction_written(tr) {
+                    self.log(format!("activity log: {e}"));
+                }
+                if let Some((staged_tr, req)) = self.staged.take() {
+                    if staged_tr == tr {
+                        if result == DiskResult::Failed {
+                            self.finish(req, Err(RequestError::Io));
+                        } else {
+                            self.issue(req);
+                        }
+                    } else {
+                        self.staged = Some((staged_tr, req));
+                    }
+                }
+            }
+            After::Superblock => {
+                self.gating_superblocks = self.gating_superblocks.saturating_sub(1);
+                self.out.push_back(Output::Event(Event::MetadataWritten));
+            }
+            After::Down => self.out.push_back(Output::Event(Event::Down)),
+        }
+        self.pump_meta();
+        self.admit_waiting();
+    }
+
+    fn clear_bitmap(&mut self) {
+        let bits = self.bitmap.bits();
+        // The whole range is valid by construction.
+        let _ = self.bitmap.clear_bits(0..bits);
+        for page in self.bitmap.take_dirty_pages() {
+            let step = bitmap_page_step(&self.layout, &self.bitmap, page);
+            self.meta_queue.push_back(step);
+        }
+    }
+
+    /// Once going down and idle: the dirty bitmap, then a clean superblock.
+    fn maybe_finish_down(&mut self) {
+        if !self.going_down || !self.requests.is_empty() || self.staged.is_some() {
+            return;
+        }
+        if self.meta_queue.iter().any(|s| s.after == After::Down) {
+            return;
+        }
+        for page in self.bitmap.take_dirty_pages() {
+            let step = bitmap_page_step(&self.layout, &self.bitmap, page);
+            self.meta_queue.push_back(step);
+        }
+        let clean = self.sb.al_applied();
+        self.meta_queue.push_back(MetaStep {
+            offset: self.layout.md_offset,
+            data: Bytes::copy_from_slice(&clean.encode()),
+            after: After::Down,
+        });
+        self.sb = clean;
+        self.pump_meta();
+    }
+}
+
+/// A metadata step writing one bitmap page as it is in memory now.
+fn bitmap_page_step(layout: &Layout, bitmap: &Bitmap, page: u64) -> MetaStep {
+    // Pages come from the bitmap itself, so they are in range.
+    let data = bitmap
+        .encode_page(page)
+        .map(|p| Bytes::copy_from_slice(&p))
+        .unwrap_or_default();
+    MetaStep {
+        offset: layout.bm_page_offset(page),
+        data,
+        after: After::Nothing,
+    }
+}
+
+/// The superblock flags that follow from a state (`drbd_md_set_flag` callers in DRBD).
+fn md_flags(old: MdFlags, s: &NodeState) -> MdFlags {
+    let set =
+        |f: MdFlags, on: bool, flags: MdFlags| if on { flags.with(f) } else { flags.without(f) };
+    if s.disk <= DiskState::Attaching {
+        return old;
+    }
+    let mut f = old;
+    f = set(MdFlags::CONSISTENT, s.disk > DiskState::Inconsistent, f);
+    f = set(MdFlags::WAS_UP_TO_DATE, s.disk == DiskState::UpToDate, f);
+    f = set(MdFlags::PRIMARY_IND, s.role == Role::Primary, f);
+    f = set(MdFlags::CONNECTED_IND, s.conn >= ConnState::Connected, f);
+    if s.pdsk == DiskState::Outdated {
+        f = f.with(MdFlags::PEER_OUT_DATED);
+    } else if s.pdsk >= DiskState::Inconsistent && s.pdsk != DiskState::DUnknown {
+        f = f.without(MdFlags::PEER_OUT_DATED);
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests;
