@@ -1,2 +1,19 @@
-//! DRBD's configuration language and command line: the `.res` parser, the typed config model,
-//! the `drbdadm` front end and the status renderers.
+//! DRBD's configuration language and command line: the `.res` parser, the typed config model and
+//! the `drbdadm` front end. No daemon talk here yet; `dump` and `sh-*` only read the files.
+//!
+//! ```no_run
+//! use drbdadm_compat::cli::{run, Invocation};
+//! use drbdadm_compat::res::validate::NodeEnv;
+//! let inv = Invocation {
+//!     config: Some("/etc/drbd.conf".into()),
+//!     command: "dump".into(),
+//!     cwd: std::env::current_dir().unwrap(),
+//!     ..Invocation::default()
+//! };
+//! let out = run(&inv, &NodeEnv::local(None));
+//! print!("{}", out.stdout);
+//! ```
+
+pub mod cli;
+pub mod dump;
+pub mod res;
