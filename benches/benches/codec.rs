@@ -9,17 +9,7 @@ use nbd_server::transmission::{check, Limits};
 fn limits() -> Limits {
     Limits {
         size: 1 << 30,
-        caps: Capabilities {
-            flush: true,
-            fua: true,
-            trim: true,
-            write_zeroes: true,
-            fast_zero: true,
-            cache: true,
-            multi_conn: true,
-            rotational: false,
-            block_status: true,
-        },
+        caps: Capabilities::ALL,
         sizes: BlockSizes {
             minimum: 1,
             preferred: 4096,

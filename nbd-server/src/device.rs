@@ -35,6 +35,21 @@ pub struct Capabilities {
     pub block_status: bool,
 }
 
+impl Capabilities {
+    /// Every capability on: a device that honours everything (memory, tests).
+    pub const ALL: Capabilities = Capabilities {
+        flush: true,
+        fua: true,
+        trim: true,
+        write_zeroes: true,
+        fast_zero: true,
+        cache: true,
+        multi_conn: true,
+        rotational: false,
+        block_status: true,
+    };
+}
+
 /// Block size constraints, as `NBD_INFO_BLOCK_SIZE` carries them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockSizes {

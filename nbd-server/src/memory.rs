@@ -36,15 +36,8 @@ impl BlockDevice for MemoryDevice {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            flush: true,
-            fua: true,
-            trim: true,
-            write_zeroes: true,
-            fast_zero: true,
-            cache: true,
-            multi_conn: true,
-            rotational: false,
             block_status: false,
+            ..Capabilities::ALL
         }
     }
 

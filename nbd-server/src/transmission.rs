@@ -203,17 +203,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             size: 1 << 20,
-            caps: Capabilities {
-                flush: true,
-                fua: true,
-                trim: true,
-                write_zeroes: true,
-                fast_zero: true,
-                cache: true,
-                multi_conn: true,
-                rotational: false,
-                block_status: true,
-            },
+            caps: Capabilities::ALL,
             sizes: BlockSizes {
                 minimum: 1,
                 preferred: 4096,
