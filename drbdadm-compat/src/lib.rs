@@ -17,3 +17,4 @@
 pub mod cli;
 pub mod dump;
 pub mod res;
+pub mod status;
