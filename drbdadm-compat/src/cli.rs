@@ -1,9 +1,11 @@
-//! The `drbdadm` commands that only read the configuration (`dump`, `sh-*`), as a function from
-//! arguments and node identity to output and exit code, so tests can run it in-process.
+//! The `drbdadm` commands that need no daemon (`dump`, `sh-*`, and the offline metadata
+//! commands of [`crate::md`]), as a function from arguments and node identity to output and
+//! exit code, so tests can run it in-process.
 
 use std::path::{Path, PathBuf};
 
 use crate::dump;
+use crate::md;
 use crate::res::ast::{Config, Volume};
 use crate::res::parser::{
     canonify, Diagnostic, ParseOptions, Parser, Session, E_CONFIG_INVALID, E_EXEC_ERROR, E_USAGE,
@@ -35,6 +37,8 @@ pub struct Invocation {
     pub cwd: PathBuf,
     /// Whether stdin or stdout is not a terminal.
     pub no_tty: bool,
+    /// `--force`: passed on to the metadata commands (drbdmeta's `--force`).
+    pub force: bool,
 }
 
 /// What a command printed and how it exits.
@@ -58,6 +62,12 @@ pub const COMMANDS: &[&str] = &[
     "sh-md-idx",
     "sh-ip",
     "sh-lr-of",
+    "create-md",
+    "dump-md",
+    "get-gi",
+    "show-gi",
+    "wipe-md",
+    "apply-al",
 ];
 
 struct Ctx {
@@ -309,7 +319,8 @@ pub fn run(inv: &Invocation, env: &NodeEnv) -> Outcome {
             );
         };
         let r = &config.resources[ri];
-        let iterate = inv.command.starts_with("sh-") && inv.command != "sh-resource";
+        let iterate = (inv.command.starts_with("sh-") && inv.command != "sh-resource")
+            || md::MdCommand::parse(&inv.command).is_some();
         if !iterate {
             if let Some(v) = vol {
                 let me = r.me.map(|m| &r.hosts[m]);
@@ -442,6 +453,9 @@ fn call(
         Some(v) => vec![&me.volumes[v]],
         None => me.volumes.iter().collect(),
     };
+    if let Some(cmd) = md::MdCommand::parse(&inv.command) {
+        return call_md(ctx, inv, cmd, &r.name, &vols);
+    }
     for v in vols {
         let null = "(null)".to_string();
         let line = match inv.command.as_str() {
@@ -465,6 +479,36 @@ fn call(
         };
         ctx.out.stdout.push_str(&line);
         ctx.out.stdout.push('\n');
+    }
+    Ok(())
+}
+
+/// A metadata command on each of `vols`, stopping at the first failure (drbdadm's
+/// `call_cmd`).
+fn call_md(
+    ctx: &mut Ctx,
+    inv: &Invocation,
+    cmd: md::MdCommand,
+    res: &str,
+    vols: &[&Volume],
+) -> Result<(), i32> {
+    let opts = md::Options {
+        force: inv.force,
+        interactive: !inv.no_tty,
+    };
+    for v in vols {
+        let result = md::Target::of_volume(res, v, v.implicit, &inv.cwd)
+            .and_then(|t| md::run(cmd, &t, opts));
+        match result {
+            Ok(report) => {
+                ctx.out.stdout.push_str(&report.stdout);
+                ctx.out.stderr.push_str(&report.stderr);
+            }
+            Err(e) => {
+                ctx.out.stderr.push_str(&format!("{e}\n"));
+                return Err(e.exit_code());
+            }
+        }
     }
     Ok(())
 }

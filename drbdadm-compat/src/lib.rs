@@ -16,5 +16,6 @@
 
 pub mod cli;
 pub mod dump;
+pub mod md;
 pub mod res;
 pub mod status;

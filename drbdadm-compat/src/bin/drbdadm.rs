@@ -1,4 +1,5 @@
-//! `drbdadm`, the DRBD-compatible front end: `dump` and the `sh-*` helpers for now.
+//! `drbdadm`, the DRBD-compatible front end: `dump`, the `sh-*` helpers and the offline
+//! metadata commands (`create-md`, `dump-md`, `get-gi`, `show-gi`, `wipe-md`, `apply-al`).
 
 use clap::Parser;
 use drbdadm_compat::cli::{run, Invocation};
@@ -18,6 +19,9 @@ struct Args {
     /// Operate on stacked resources.
     #[arg(short = 'S', long)]
     stacked: bool,
+    /// Answer yes to drbdmeta's confirmations (create-md over existing data, wipe-md).
+    #[arg(long)]
+    force: bool,
     /// The command, then resource names (`RES`, `RES/VOL`, `minor-N` or `all`).
     #[arg(required = true, num_args = 1.., value_name = "COMMAND [RES...]")]
     words: Vec<String>,
@@ -25,7 +29,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut words = args.words.into_iter();
+    // drbdadm also takes backend options after `--` (`drbdadm -- --force create-md r0`).
+    let force = args.force || args.words.iter().any(|w| w == "--force");
+    let mut words = args.words.into_iter().filter(|w| w != "--force");
     let command = words.next().unwrap_or_default();
     let inv = Invocation {
         config: args.config,
@@ -34,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         args: words.collect(),
         cwd: std::env::current_dir()?,
         no_tty: !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal(),
+        force,
     };
     let out = run(&inv, &NodeEnv::local(args.node));
     std::io::stdout().write_all(out.stdout.as_bytes())?;
