@@ -12,6 +12,11 @@ pub fn oracle() -> Option<&'static str> {
     if Path::new(ORACLE).exists() {
         Some(ORACLE)
     } else {
+        // CI installs drbd-utils: a missing oracle there is a broken setup, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{ORACLE} is missing in CI (Debian package drbd-utils)"
+        );
         eprintln!(
             "SKIPPED: {ORACLE} is not installed (install drbd-utils to run the golden tests)"
         );
@@ -22,14 +27,21 @@ pub fn oracle() -> Option<&'static str> {
 pub fn corpus() -> PathBuf {
     std::env::var_os("TANDEM_RES_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/res-corpus"))
+        .unwrap_or_else(|| {
+            // `shared/` stands beside the repository checkout.
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/res-corpus")
+        })
 }
 
 /// Files directly in a corpus directory (not in subdirectories), sorted.
 pub fn files(dir: &str) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(corpus().join(dir)) else {
-        return Vec::new();
-    };
+    let path = corpus().join(dir);
+    let rd = std::fs::read_dir(&path).unwrap_or_else(|e| {
+        panic!(
+            "corpus {} unreadable ({e}); set TANDEM_RES_CORPUS",
+            path.display()
+        )
+    });
     let mut v: Vec<PathBuf> = rd
         .filter_map(|e| e.ok())
         .map(|e| e.path())
