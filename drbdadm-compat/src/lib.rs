@@ -15,6 +15,7 @@
 //! ```
 
 pub mod cli;
+pub mod control;
 pub mod dump;
 pub mod md;
 pub mod res;

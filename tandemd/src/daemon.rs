@@ -1,0 +1,416 @@
+//! The daemon: its run directory, the control socket, the NBD listeners, resources coming up
+//! and going down, and a clean exit on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drbdadm_compat::control::{
+    decode_request, encode_response, version_mismatch, ControlError, DecodeError, Op, Reply,
+    CONTROL_SOCKET, NBD_SOCKET,
+};
+use drbdadm_compat::res::parser::E_EXEC_ERROR;
+use nbd_server::server::{Endpoint, Listener, Shutdown};
+use repl_core::engine::{Command, EngineConfig};
+use repl_core::meta::AlGeometry;
+use repl_core::state::{Context, Fencing};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::export::Exports;
+use crate::resource::{self, Control, Registry, Shared};
+use crate::status_file::StatusBoard;
+
+/// How long `secondary` and `down` wait for NBD sessions that are closing (the client has
+/// disconnected but the session's last requests are still being torn down) before the engine
+/// sees the device as held open.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// How long resources get to go down when the daemon exits.
+const DOWN_LIMIT: Duration = Duration::from_secs(30);
+
+/// What the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub run_dir: PathBuf,
+    /// This node's name (`uname -n` unless overridden).
+    pub node: String,
+    /// Also serve NBD on TCP here.
+    pub nbd_listen: Option<SocketAddr>,
+}
+
+/// Everything the control handlers share.
+#[derive(Debug)]
+struct Daemon {
+    opts: Options,
+    registry: Arc<Registry>,
+    board: Arc<StatusBoard>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then takes every resource down.
+///
+/// # Errors
+/// A socket cannot be bound or a signal handler installed.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let board = Arc::new(StatusBoard::new(&opts.run_dir));
+    board.publish();
+    let registry = Arc::new(Registry::default());
+    let exports = Arc::new(Exports {
+        registry: registry.clone(),
+    });
+    let (stop_nbd, nbd_shutdown) = Shutdown::new();
+    let mut servers = Vec::new();
+    let mut endpoints = vec![Endpoint::Unix(opts.run_dir.join(NBD_SOCKET))];
+    if let Some(a) = opts.nbd_listen {
+        endpoints.push(Endpoint::Tcp(a));
+    }
+    for ep in &endpoints {
+        let l = Listener::bind(ep)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for NBD on {ep:?}: {e}"))?;
+        info!("serving NBD on {}", l.uri("RESOURCE"));
+        servers.push(tokio::spawn(l.serve(exports.clone(), nbd_shutdown.clone())));
+    }
+    let sock = opts.run_dir.join(CONTROL_SOCKET);
+    // The lock is ours, so a socket left behind is stale.
+    let _ = std::fs::remove_file(&sock);
+    let control = UnixListener::bind(&sock)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", sock.display()))?;
+    info!(
+        "tandemd {} on node {} ready; control socket {}",
+        env!("CARGO_PKG_VERSION"),
+        opts.node,
+        sock.display()
+    );
+    let daemon = Arc::new(Daemon {
+        opts,
+        registry,
+        board,
+    });
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("received SIGTERM; shutting down"); break; }
+            _ = int.recv() => { info!("received SIGINT; shutting down"); break; }
+            a = control.accept() => match a {
+                Ok((s, _)) => { tokio::spawn(serve_control(daemon.clone(), s)); }
+                Err(e) => {
+                    warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(control);
+    let _ = std::fs::remove_file(&sock);
+    // NBD sessions end first (in-flight requests finish), then resources go down.
+    let _ = stop_nbd.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
+    let mut waits = Vec::new();
+    for h in daemon.registry.handles() {
+        let (reply, rx) = oneshot::channel();
+        let msg = Control::Command {
+            cmd: Command::Down,
+            shutdown: true,
+            reply,
+        };
+        if h.control.send(msg).await.is_ok() {
+            waits.push((h.shared.name.clone(), rx));
+        }
+    }
+    for (name, rx) in waits {
+        match tokio::time::timeout(DOWN_LIMIT, rx).await {
+            Ok(Ok(Ok(()))) => info!("{name}: down"),
+            Ok(Ok(Err(e))) => warn!("{name}: down refused: {e}"),
+            Ok(Err(_)) => warn!("{name}: the resource task ended without going down"),
+            Err(_) => warn!("{name}: not down after {DOWN_LIMIT:?}; exiting anyway"),
+        }
+    }
+    info!("tandemd exits");
+    Ok(())
+}
+
+/// Answers the requests of one control connection, one line each.
+async fn serve_control(d: Arc<Daemon>, s: UnixStream) {
+    let (r, mut w) = s.into_split();
+    let mut lines = BufReader::new(r).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                warn!("control connection: {e}");
+                return;
+            }
+        };
+        let result = match decode_request(&line) {
+            Ok(req) => d.clone().handle(req.op).await,
+            Err(DecodeError::Version(v)) => Err(version_mismatch(v)),
+            Err(DecodeError::Malformed(m)) => Err(ControlError::new(
+                E_EXEC_ERROR,
+                format!("malformed control request: {m}"),
+            )),
+        };
+        if w.write_all(encode_response(result).as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+impl Daemon {
+    async fn handle(self: Arc<Self>, op: Op) -> Result<Reply, ControlError> {
+        match op {
+            Op::Up { config, resource } => self.up(config, resource).await.map(|()| Reply::Done),
+            Op::Down { resource } => self.down(&resource).await.map(|()| Reply::Done),
+            Op::Primary { resource, force } => {
+                self.command(&resource, Command::Primary { force }).await
+            }
+            Op::Secondary { resource } => self.command(&resource, Command::Secondary).await,
+            Op::NewCurrentUuid {
+                resource,
+                clear_bitmap,
+            } => {
+                self.command(&resource, Command::NewCurrentUuid { clear_bitmap })
+                    .await
+            }
+            Op::Outdate { resource } => self.command(&resource, Command::Outdate).await,
+            Op::Status => Ok(Reply::Status {
+                resources: self.status().await,
+            }),
+        }
+    }
+
+    fn handle_of(&self, res: &str) -> Result<resource::Handle, ControlError> {
+        match self.registry.get(res) {
+            Some(Ok(h)) => Ok(h),
+            Some(Err(())) => Err(ControlError::new(
+                11,
+                format!("{res}: in transient state (being brought up); retry"),
+            )),
+            None => Err(not_up(res)),
+        }
+    }
+
+    async fn send(&self, h: &resource::Handle, cmd: Command) -> Result<(), ControlError> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || not_up(&h.shared.name);
+        h.control
+            .send(Control::Command {
+                cmd,
+                shutdown: false,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    async fn command(&self, res: &str, cmd: Command) -> Result<Reply, ControlError> {
+        let h = self.handle_of(res)?;
+        if cmd == Command::Secondary {
+            h.shared.wait_closed(CLOSE_GRACE).await;
+        }
+        self.send(&h, cmd).await.map(|()| Reply::Done)
+    }
+
+    /// Like `drbdsetup down`, a resource that is not up is already down.
+    async fn down(&self, res: &str) -> Result<(), ControlError> {
+        match self.registry.get(res) {
+            None => Ok(()),
+            Some(_) => {
+                let h = self.handle_of(res)?;
+                h.shared.wait_closed(CLOSE_GRACE).await;
+                self.send(&h, Command::Down).await
+            }
+        }
+    }
+
+    async fn status(&self) -> Vec<repl_core::status::Status> {
+        let mut v = Vec::new();
+        for h in self.registry.handles() {
+            let (reply, rx) = oneshot::channel();
+            if h.control.send(Control::Status { reply }).await.is_ok() {
+                if let Ok(s) = rx.await {
+                    v.push(s);
+                }
+            }
+        }
+        v.sort_by(|a, b| (a.minor, &a.resource).cmp(&(b.minor, &b.resource)));
+        v
+    }
+
+    async fn up(self: Arc<Self>, config: PathBuf, res: String) -> Result<(), ControlError> {
+        let node = self.opts.node.clone();
+        let cfg_path = config.clone();
+        let name = res.clone();
+        let eff = blocking(move || crate::config::load_resource(&cfg_path, &name, &node)).await?;
+        let vol = match eff.volumes.as_slice() {
+            [v] => v.clone(),
+            [] => {
+                return Err(ControlError::new(
+                    10,
+                    format!("{res}: no volume on this node in {}", config.display()),
+                ))
+            }
+            vs => {
+                return Err(ControlError::new(
+                    10,
+                    format!(
+                        "{res} has {} volumes; tandemd serves one volume per resource for now",
+                        vs.len()
+                    ),
+                ))
+            }
+        };
+        if !self.registry.reserve(&res) {
+            return Err(ControlError::new(
+                10,
+                format!(
+                    "{}: Failure: (124) Device is attached to a disk (use detach first); {res} is already up",
+                    vol.minor
+                ),
+            ));
+        }
+        let r = self.clone().attach(&eff, &vol).await;
+        if r.is_err() {
+            self.registry.release(&res);
+        }
+        r
+    }
+
+    async fn attach(
+        self: Arc<Self>,
+        eff: &drbdadm_compat::res::resolve::EffectiveResource,
+        vol: &drbdadm_compat::res::resolve::EffectiveVolume,
+    ) -> Result<(), ControlError> {
+        let name = eff.name.clone();
+        let v = vol.clone();
+        let backing = blocking(move || crate::disk::open_volume(&name, &v)).await?;
+        let seed = entropy().map_err(|e| {
+            ControlError::new(E_EXEC_ERROR, format!("cannot read /dev/urandom: {e}"))
+        })?;
+        let geometry: AlGeometry = backing.on_disk.layout.al;
+        let max_slots = 919u64 * u64::from(geometry.blocks().saturating_sub(1));
+        let al_extents = vol
+            .disk_options
+            .al_extents
+            .min(max_slots)
+            .clamp(1, u64::from(u16::MAX - 1)) as u16;
+        let fencing = match vol.disk_options.fencing {
+            drbdadm_compat::res::resolve::Fencing::DontCare => Fencing::DontCare,
+            drbdadm_compat::res::resolve::Fencing::ResourceOnly => Fencing::ResourceOnly,
+            drbdadm_compat::res::resolve::Fencing::ResourceAndStonith => {
+                Fencing::ResourceAndStonith
+            }
+        };
+        let cfg = EngineConfig {
+            resource: eff.name.clone(),
+            volume: vol.vnr,
+            minor: vol.minor,
+            al_extents,
+            context: Context {
+                fencing,
+                allow_two_primaries: eff.net.allow_two_primaries,
+                device_open: false,
+            },
+            seed,
+        };
+        info!(
+            "block drbd{}: attaching {} (resource {}, volume {})",
+            vol.minor,
+            vol.disk.as_deref().unwrap_or("none"),
+            eff.name,
+            vol.vnr
+        );
+        let engine = repl_core::engine::Engine::attach(cfg, backing.on_disk.clone())
+            .map_err(|e| ControlError::new(10, format!("{}: {e}", vol.minor)))?;
+        let shared = Arc::new(Shared::new(&eff.name, vol.minor, backing.size));
+        let (attached, attached_rx) = oneshot::channel();
+        let handle = resource::spawn(
+            engine,
+            attached,
+            backing.data,
+            backing.meta,
+            shared,
+            self.registry.clone(),
+            self.board.clone(),
+        );
+        self.registry.install(&eff.name, handle.clone());
+        let r = attached_rx.await.unwrap_or_else(|_| {
+            Err(ControlError::new(
+                E_EXEC_ERROR,
+                format!("{}: the resource task ended while attaching", eff.name),
+            ))
+        });
+        if r.is_err() {
+            // Leave nothing half up: the metadata stays as the failed attach left it.
+            let (reply, rx) = oneshot::channel();
+            let down = Control::Command {
+                cmd: Command::Down,
+                shutdown: true,
+                reply,
+            };
+            if handle.control.send(down).await.is_ok() {
+                let _ = tokio::time::timeout(DOWN_LIMIT, rx).await;
+            }
+            self.registry.release(&eff.name);
+        }
+        r
+    }
+}
+
+fn not_up(res: &str) -> ControlError {
+    ControlError::new(
+        10,
+        format!("{res}: Failure: (158) Unknown resource; run drbdadm up {res} first"),
+    )
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ControlError::new(E_EXEC_ERROR, format!("internal error: {e}")))?
+}
+
+/// Eight bytes of entropy for the engine's generation UUIDs.
+fn entropy() -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Takes the daemon's exclusive lock on `<run_dir>/tandemd.lock` and writes its pid there;
+/// keep the file open for the daemon's lifetime.
+///
+/// # Errors
+/// Another daemon holds it (`WouldBlock`), or the file cannot be opened.
+pub fn lock_run_dir(run_dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(run_dir.join(drbdadm_compat::control::LOCK_FILE))?;
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The holder's pid, for operators and tests (`kill $(cat tandemd.lock)`).
+    f.set_len(0)?;
+    std::io::Write::write_all(&mut &f, format!("{}\n", std::process::id()).as_bytes())?;
+    Ok(f)
+}

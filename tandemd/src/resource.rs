@@ -1,0 +1,525 @@
+//! One task per resource: it owns the resource's engine and `select!`s over control commands,
+//! NBD requests and disk completions, draining the engine's outputs after every input.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use drbdadm_compat::control::ControlError;
+use nbd_server::file::FileDevice;
+use repl_core::engine::{
+    Command, CommandError, DiskResult, Engine, Event, OpId, Output, ReqId, Request, RequestError,
+    SubmitError,
+};
+use repl_core::state::{DiskState, NodeState, Role};
+use repl_core::status::Status;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{info, warn};
+
+use crate::status_file::StatusBoard;
+
+/// How often the status file's counters are refreshed while requests complete.
+const COUNTERS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Exit code for refusals that are not state-change errors (`drbdsetup`'s default).
+const EXIT_REFUSED: i32 = 11;
+
+/// What the export and the control server know of a resource without asking its task.
+#[derive(Debug)]
+pub struct Shared {
+    pub name: String,
+    pub minor: u32,
+    /// Usable bytes.
+    pub size: u64,
+    primary: AtomicBool,
+    /// Open NBD sessions (devices handed out and not yet dropped).
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+impl Shared {
+    pub fn new(name: &str, minor: u32, size: u64) -> Shared {
+        Shared {
+            name: name.into(),
+            minor,
+            size,
+            primary: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+        }
+    }
+
+    /// Counts an opener if the resource is Primary now. Paired with the demotion in
+    /// [`Task::command`] (role cleared before the count is read; here the count is raised
+    /// before the role is read), so that either the opener sees Secondary or the demotion
+    /// sees the opener.
+    pub fn try_open(self: &Arc<Self>) -> Option<OpenGuard> {
+        self.open.fetch_add(1, SeqCst);
+        let guard = OpenGuard(self.clone());
+        self.primary.load(SeqCst).then_some(guard)
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.primary.load(SeqCst)
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.load(SeqCst)
+    }
+
+    /// Waits at most `limit` for every open session to end.
+    pub async fn wait_closed(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.open_count() == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One open NBD session of a resource; dropped when the session's device is.
+#[derive(Debug)]
+pub struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, SeqCst);
+        self.0.closed.notify_waiters();
+    }
+}
+
+/// A control message for a resource task.
+#[derive(Debug)]
+pub enum Control {
+    /// An operator command; `shutdown` makes `Down` ignore open NBD sessions (daemon exit).
+    Command {
+        cmd: Command,
+        shutdown: bool,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+}
+
+/// A block request from an NBD session, answered on `reply`.
+#[derive(Debug)]
+pub struct Io {
+    pub req: Request,
+    pub reply: oneshot::Sender<io::Result<Option<Bytes>>>,
+}
+
+/// How to reach a running resource task.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub shared: Arc<Shared>,
+    pub control: mpsc::Sender<Control>,
+    pub io: mpsc::Sender<Io>,
+}
+
+/// Resources by name: being brought up, or up.
+#[derive(Debug, Default)]
+pub struct Registry {
+    map: Mutex<HashMap<String, Slot>>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Starting,
+    Up(Handle),
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims a name for an `up`; false when it is taken.
+    pub fn reserve(&self, name: &str) -> bool {
+        let mut m = self.lock();
+        if m.contains_key(name) {
+            return false;
+        }
+        m.insert(name.into(), Slot::Starting);
+        true
+    }
+
+    pub fn install(&self, name: &str, h: Handle) {
+        self.lock().insert(name.into(), Slot::Up(h));
+    }
+
+    pub fn release(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    /// The handle of a resource that is up (`Err(())` while it is being brought up).
+    pub fn get(&self, name: &str) -> Option<Result<Handle, ()>> {
+        self.lock().get(name).map(|s| match s {
+            Slot::Starting => Err(()),
+            Slot::Up(h) => Ok(h.clone()),
+        })
+    }
+
+    /// Every resource that is up.
+    pub fn handles(&self) -> Vec<Handle> {
+        self.lock()
+            .values()
+            .filter_map(|s| match s {
+                Slot::Up(h) => Some(h.clone()),
+                Slot::Starting => None,
+            })
+            .collect()
+    }
+}
+
+/// The task's state.
+pub struct Task {
+    engine: Engine,
+    data: Arc<FileDevice>,
+    meta: Arc<FileDevice>,
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    board: Arc<StatusBoard>,
+    done_tx: mpsc::UnboundedSender<(OpId, DiskResult)>,
+    pending: HashMap<ReqId, oneshot::Sender<io::Result<Option<Bytes>>>>,
+    /// Callers of `down` waiting for the engine's `Down`.
+    down_waiters: Vec<oneshot::Sender<Result<(), ControlError>>>,
+    /// The `up` caller, answered once the attach's superblock is durable.
+    attached: Option<oneshot::Sender<Result<(), ControlError>>>,
+    /// An accepted `Down`: no new opener may get in, whatever the role.
+    going_down: bool,
+    finished: bool,
+    /// The status file is to be rewritten after this drain.
+    status_dirty: bool,
+    /// Requests completed since the status file was written (its counters are stale).
+    counters_dirty: bool,
+}
+
+/// Starts the task of an attached engine and returns its handle; `attached` is answered when
+/// the attach's metadata is durable (or failed).
+pub fn spawn(
+    engine: Engine,
+    attached: oneshot::Sender<Result<(), ControlError>>,
+    data: Arc<FileDevice>,
+    meta: Arc<FileDevice>,
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    board: Arc<StatusBoard>,
+) -> Handle {
+    let (control_tx, control_rx) = mpsc::channel(16);
+    let (io_tx, io_rx) = mpsc::channel(256);
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let task = Task {
+        engine,
+        data,
+        meta,
+        shared: shared.clone(),
+        registry,
+        board,
+        done_tx,
+        pending: HashMap::new(),
+        down_waiters: Vec::new(),
+        attached: Some(attached),
+        going_down: false,
+        finished: false,
+        status_dirty: true,
+        counters_dirty: false,
+    };
+    tokio::spawn(task.run(control_rx, io_rx, done_rx));
+    Handle {
+        shared,
+        control: control_tx,
+        io: io_tx,
+    }
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut control: mpsc::Receiver<Control>,
+        mut io: mpsc::Receiver<Io>,
+        mut done: mpsc::UnboundedReceiver<(OpId, DiskResult)>,
+    ) {
+        self.drain();
+        let mut tick = tokio::time::interval(COUNTERS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while !self.finished {
+            tokio::select! {
+                // Completions first: they free what waiting requests need.
+                biased;
+                Some((op, result)) = done.recv() => self.engine.disk_done(op, result),
+                Some(c) = control.recv() => self.control(c),
+                Some(r) = io.recv() => self.io(r),
+                _ = tick.tick(), if self.counters_dirty => self.status_dirty = true,
+                else => break,
+            }
+            self.drain();
+        }
+        // Requests that raced with the end get an error instead of silence.
+        io.close();
+        while let Ok(r) = io.try_recv() {
+            let _ = r.reply.send(Err(submit_error(SubmitError::Down)));
+        }
+    }
+
+    fn prefix(&self) -> String {
+        format!("block drbd{}", self.shared.minor)
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Status { reply } => {
+                let _ = reply.send(self.engine.status());
+            }
+            Control::Command {
+                cmd,
+                shutdown,
+                reply,
+            } => {
+                let r = self.command(cmd, shutdown);
+                match (cmd, r) {
+                    (Command::Down, Ok(())) => self.down_waiters.push(reply),
+                    (Command::Down, Err(CommandError::GoingDown)) => self.down_waiters.push(reply),
+                    (_, r) => {
+                        let _ = reply.send(r.map_err(|e| self.refusal(e)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command, shutdown: bool) -> Result<(), CommandError> {
+        info!("{}: {}", self.prefix(), describe(cmd));
+        let demotes = matches!(cmd, Command::Secondary | Command::Down);
+        if demotes {
+            self.shared.primary.store(false, SeqCst);
+        }
+        let device_open = !shutdown && self.shared.open.load(SeqCst) > 0;
+        let r = self.engine.command(cmd, device_open);
+        if cmd == Command::Down && r.is_ok() {
+            self.going_down = true;
+        }
+        if demotes {
+            // Refused, or not a demotion: the role is what the engine says.
+            let primary = self.engine.state().role == Role::Primary && !self.going_down;
+            self.shared.primary.store(primary, SeqCst);
+        }
+        if let Err(e) = &r {
+            warn!("{}: {e}", self.prefix());
+        }
+        r
+    }
+
+    fn refusal(&self, e: CommandError) -> ControlError {
+        let code = match &e {
+            CommandError::State(s) => s.exit_code(),
+            _ => EXIT_REFUSED,
+        };
+        ControlError::new(code, format!("{}: {e}", self.shared.minor))
+    }
+
+    fn io(&mut self, r: Io) {
+        match self.engine.submit(r.req) {
+            Ok(id) => {
+                self.pending.insert(id, r.reply);
+            }
+            Err(e) => {
+                let _ = r.reply.send(Err(submit_error(e)));
+            }
+        }
+    }
+
+    /// Performs and routes everything the engine asked for.
+    fn drain(&mut self) {
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::Disk { op, kind } => {
+                    let (data, meta, done) =
+                        (self.data.clone(), self.meta.clone(), self.done_tx.clone());
+                    tokio::spawn(async move {
+                        let result = crate::disk::perform(&data, &meta, kind).await;
+                        let _ = done.send((op, result));
+                    });
+                }
+                Output::Complete { req, result } => {
+                    self.counters_dirty = true;
+                    if let Some(reply) = self.pending.remove(&req) {
+                        let _ = reply.send(result.map_err(request_error));
+                    }
+                }
+                Output::Event(ev) => self.event(ev),
+            }
+        }
+        if self.status_dirty && !self.finished {
+            self.status_dirty = false;
+            self.counters_dirty = false;
+            self.board.update(self.engine.status());
+        }
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::StateChanged { old, new } => {
+                info!("{}: {}", self.prefix(), state_change(&old, &new));
+                if new.role != Role::Primary {
+                    self.shared.primary.store(false, SeqCst);
+                } else if !self.going_down {
+                    self.shared.primary.store(true, SeqCst);
+                }
+                self.status_dirty = true;
+            }
+            Event::Log(line) => info!("{}: {line}", self.prefix()),
+            Event::MetadataWritten => {
+                self.status_dirty = true;
+                if let Some(up) = self.attached.take() {
+                    let r = if self.engine.state().disk == DiskState::Failed {
+                        Err(ControlError::new(
+                            10,
+                            format!(
+                                "{}: Failure: (118) meta data I/O error while attaching {}",
+                                self.shared.minor, self.shared.name
+                            ),
+                        ))
+                    } else {
+                        Ok(())
+                    };
+                    let _ = up.send(r);
+                }
+            }
+            Event::Down => {
+                info!(
+                    "{}: disk( {} -> Diskless )",
+                    self.prefix(),
+                    self.engine.state().disk
+                );
+                self.finished = true;
+                self.shared.primary.store(false, SeqCst);
+                self.registry.release(&self.shared.name);
+                self.board.remove(&self.shared.name);
+                info!(
+                    "d-con {}: Terminating drbd_w_{}",
+                    self.shared.name, self.shared.name
+                );
+                for w in self.down_waiters.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// What a command is, for the log.
+fn describe(cmd: Command) -> String {
+    match cmd {
+        Command::Primary { force: true } => "primary --force".into(),
+        Command::Primary { force: false } => "primary".into(),
+        Command::Secondary => "secondary".into(),
+        Command::NewCurrentUuid { clear_bitmap } => {
+            if clear_bitmap {
+                "new-current-uuid --clear-bitmap".into()
+            } else {
+                "new-current-uuid".into()
+            }
+        }
+        Command::Outdate => "outdate".into(),
+        Command::Down => "down".into(),
+    }
+}
+
+/// DRBD's state change line: `role( Secondary -> Primary ) disk( Inconsistent -> UpToDate )`.
+pub fn state_change(old: &NodeState, new: &NodeState) -> String {
+    let mut parts = Vec::new();
+    if old.role != new.role {
+        parts.push(format!("role( {} -> {} )", old.role, new.role));
+    }
+    if old.peer != new.peer {
+        parts.push(format!("peer( {} -> {} )", old.peer, new.peer));
+    }
+    if old.conn != new.conn {
+        parts.push(format!("conn( {} -> {} )", old.conn, new.conn));
+    }
+    if old.disk != new.disk {
+        parts.push(format!("disk( {} -> {} )", old.disk, new.disk));
+    }
+    if old.pdsk != new.pdsk {
+        parts.push(format!("pdsk( {} -> {} )", old.pdsk, new.pdsk));
+    }
+    parts.join(" ")
+}
+
+fn submit_error(e: SubmitError) -> io::Error {
+    let errno = match e {
+        SubmitError::NotPrimary => libc::EROFS,
+        SubmitError::OutOfRange { .. } | SubmitError::TooLarge(_) => libc::EINVAL,
+        SubmitError::NoData(_) | SubmitError::Down => libc::EIO,
+    };
+    tracing::debug!("request refused: {e}");
+    // The errno is what the NBD client receives.
+    io::Error::from_raw_os_error(errno)
+}
+
+fn request_error(e: RequestError) -> io::Error {
+    tracing::debug!("request failed: {e}");
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use repl_core::state::{ConnState, DiskState};
+
+    #[test]
+    fn state_changes_are_logged_in_drbd_words() {
+        let old = NodeState {
+            role: Role::Secondary,
+            peer: Role::Unknown,
+            conn: ConnState::StandAlone,
+            disk: DiskState::Inconsistent,
+            pdsk: DiskState::DUnknown,
+        };
+        let new = NodeState {
+            role: Role::Primary,
+            disk: DiskState::UpToDate,
+            ..old
+        };
+        assert_eq!(
+            state_change(&old, &new),
+            "role( Secondary -> Primary ) disk( Inconsistent -> UpToDate )"
+        );
+    }
+
+    #[test]
+    fn openers_and_demotion_never_both_win() {
+        let s = Arc::new(Shared::new("r0", 0, 1 << 20));
+        assert!(s.try_open().is_none(), "a Secondary refuses");
+        assert_eq!(s.open_count(), 0, "a refused opener is not counted");
+        s.primary.store(true, SeqCst);
+        let g = s.try_open().expect("a Primary opens");
+        assert_eq!(s.open_count(), 1);
+        drop(g);
+        assert_eq!(s.open_count(), 0);
+    }
+
+    #[test]
+    fn refused_requests_carry_the_errno_nbd_sends() {
+        assert_eq!(
+            submit_error(SubmitError::NotPrimary).raw_os_error(),
+            Some(libc::EROFS)
+        );
+        assert_eq!(
+            submit_error(SubmitError::TooLarge(1 << 30)).raw_os_error(),
+            Some(libc::EINVAL)
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! `<run-dir>/proc-drbd`: every resource's status, rewritten atomically after each change.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use drbdadm_compat::control::STATUS_FILE;
+use repl_core::status::Status;
+
+/// The latest snapshot of every resource, and the file they are published to.
+#[derive(Debug)]
+pub struct StatusBoard {
+    run_dir: PathBuf,
+    /// By (minor, resource), so the file lists devices in minor order like `/proc/drbd`.
+    entries: Mutex<BTreeMap<(u32, String), Status>>,
+}
+
+impl StatusBoard {
+    pub fn new(run_dir: &Path) -> StatusBoard {
+        StatusBoard {
+            run_dir: run_dir.to_path_buf(),
+            entries: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records a resource's snapshot and rewrites the file.
+    pub fn update(&self, status: Status) {
+        self.edit(|m| {
+            m.insert((status.minor, status.resource.clone()), status);
+        });
+    }
+
+    /// Forgets a resource (after `down`) and rewrites the file.
+    pub fn remove(&self, resource: &str) {
+        self.edit(|m| m.retain(|(_, r), _| r != resource));
+    }
+
+    /// Rewrites the file as it is (at startup: no resources).
+    pub fn publish(&self) {
+        self.edit(|_| {});
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut BTreeMap<(u32, String), Status>)) {
+        // A writer that panicked left a whole map behind; keep using it.
+        let mut m = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut m);
+        let all: Vec<Status> = m.values().cloned().collect();
+        // Written under the lock so that files are renamed in the order of the changes.
+        if let Err(e) = write_status(&self.run_dir, &all) {
+            tracing::warn!("cannot write {}/{STATUS_FILE}: {e}", self.run_dir.display());
+        }
+    }
+}
+
+/// What `proc-drbd` holds for these resources. For now the JSON of the snapshots; this is the
+/// one function to switch to the `/proc/drbd` renderer of `drbdadm_compat::status`.
+pub fn render_status(statuses: &[Status]) -> String {
+    let mut s = serde_json::to_string_pretty(statuses).unwrap_or_else(|e| format!("{e}"));
+    s.push('\n');
+    s
+}
+
+/// Writes `<run_dir>/proc-drbd` atomically (a temporary file renamed over it).
+///
+/// # Errors
+/// The file cannot be written or renamed.
+pub fn write_status(run_dir: &Path, statuses: &[Status]) -> std::io::Result<()> {
+    let text = render_status(statuses);
+    let tmp = run_dir.join(format!(".{STATUS_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    drop(f);
+    std::fs::rename(&tmp, run_dir.join(STATUS_FILE))
+}
