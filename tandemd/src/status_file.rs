@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use drbdadm_compat::control::STATUS_FILE;
+use drbdadm_compat::status::{proc_drbd, DeviceView, VersionInfo};
 use repl_core::status::Status;
 
 /// The latest snapshot of every resource, and the file they are published to.
@@ -56,12 +57,19 @@ impl StatusBoard {
     }
 }
 
-/// What `proc-drbd` holds for these resources. For now the JSON of the snapshots; this is the
-/// one function to switch to the `/proc/drbd` renderer of `drbdadm_compat::status`.
+/// What `proc-drbd` holds for these resources: DRBD 8.4's `/proc/drbd`. No resource has a
+/// network configuration yet, so the protocol column stays blank as DRBD leaves it.
 pub fn render_status(statuses: &[Status]) -> String {
-    let mut s = serde_json::to_string_pretty(statuses).unwrap_or_else(|e| format!("{e}"));
-    s.push('\n');
-    s
+    let views: Vec<DeviceView> = statuses.iter().cloned().map(DeviceView::new).collect();
+    proc_drbd(&views, &version())
+}
+
+/// The version lines: the DRBD release whose behaviour tandem follows, and tandem's own.
+pub fn version() -> VersionInfo {
+    VersionInfo::v84(
+        "8.4.11",
+        format!("srcversion: tandem-{}", env!("CARGO_PKG_VERSION")),
+    )
 }
 
 /// Writes `<run_dir>/proc-drbd` atomically (a temporary file renamed over it).

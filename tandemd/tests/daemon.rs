@@ -306,7 +306,14 @@ fn lifecycle_up_promote_write_demote_down_up_again() {
         (Role::Secondary, DiskState::Inconsistent)
     );
     let file = std::fs::read_to_string(n.run_dir.join("proc-drbd")).expect("proc-drbd");
-    assert!(file.contains("\"r0\""), "{file}");
+    assert!(
+        file.starts_with("version: 8.4.11 (api:1/proto:86-101)\n"),
+        "{file}"
+    );
+    assert!(
+        file.contains(" 0: cs:StandAlone ro:Secondary/Unknown ds:Inconsistent/DUnknown"),
+        "{file}"
+    );
 
     let e = refused(n.up());
     assert_eq!(e.code, 10);
@@ -407,7 +414,10 @@ fn lifecycle_up_promote_write_demote_down_up_again() {
     assert_eq!(sb.state, MdState::Clean);
     assert!(!n.run_dir.join("control.sock").exists());
     let file = std::fs::read_to_string(n.run_dir.join("proc-drbd")).expect("proc-drbd");
-    assert!(!file.contains("\"r0\""), "{file}");
+    assert!(
+        !file.contains("cs:"),
+        "no device left after shutdown: {file}"
+    );
 }
 
 #[test]
