@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod daemon_cli;
 pub mod dump;
 pub mod md;
 pub mod res;

@@ -58,7 +58,8 @@ impl StatusBoard {
 }
 
 /// What `proc-drbd` holds for these resources: DRBD 8.4's `/proc/drbd`. No resource has a
-/// network configuration yet, so the protocol column stays blank as DRBD leaves it.
+/// network configuration yet, so the protocol column stays blank as DRBD leaves it. State
+/// changes rewrite it at once; counters at most once a second.
 pub fn render_status(statuses: &[Status]) -> String {
     let views: Vec<DeviceView> = statuses.iter().cloned().map(DeviceView::new).collect();
     proc_drbd(&views, &version())

@@ -284,6 +284,14 @@ pub struct VersionInfo {
 }
 
 impl VersionInfo {
+    /// tandem's header: the DRBD release whose behaviour it follows, and its own version.
+    pub fn tandem() -> VersionInfo {
+        VersionInfo::v84(
+            "8.4.11",
+            format!("srcversion: tandem-{}", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
     /// An 8.4.2+ header (`api:1/proto:86-101`).
     pub fn v84(release: impl Into<String>, build_tag: impl Into<String>) -> VersionInfo {
         VersionInfo {
