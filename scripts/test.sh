@@ -46,8 +46,17 @@ set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log
 rc=${PIPESTATUS[0]}
 set -e
+# Every fuzz target briefly (cargo-fuzz, AddressSanitizer); TANDEM_FUZZ_SECONDS=0 skips it.
+fuzz_secs=${TANDEM_FUZZ_SECONDS:-15}
+fuzz_rc=0
+if [ "$fuzz_secs" -gt 0 ]; then
+  echo "== fuzz: ${fuzz_secs}s per target"
+  fuzz/run-briefly.sh "$fuzz_secs" >target/fuzz.log 2>&1 || fuzz_rc=$?
+  grep -E '^(=== |no findings|fuzzing found)|stat::number_of_executed_units|SUMMARY|ERROR' target/fuzz.log || true
+  [ "$fuzz_rc" -eq 0 ] || { echo "fuzzing found a problem (exit $fuzz_rc): see target/fuzz.log"; tail -40 target/fuzz.log; }
+fi
 # The runner's own summary lines are kept; add one overall line for humans and CI.
 passed=$(grep -Eo '[0-9]+ passed' target/test.log | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test.log | awk '{s+=$1} END {print s+0}')
 echo "tandem: $passed passed, $failed failed"
-[ "$rc" -eq 0 ] && [ "$failed" -eq 0 ]
+[ "$rc" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$fuzz_rc" -eq 0 ]
