@@ -50,8 +50,10 @@ set -e
 fuzz_secs=${TANDEM_FUZZ_SECONDS:-15}
 fuzz_rc=0
 if [ "$fuzz_secs" -gt 0 ]; then
-  echo "== fuzz: ${fuzz_secs}s per target"
-  fuzz/run-briefly.sh "$fuzz_secs" >target/fuzz.log 2>&1 || fuzz_rc=$?
+  echo "== fuzz: seeds and regression cases, then ${fuzz_secs}s per target"
+  (cd fuzz && cargo test --release --quiet) >target/fuzz.log 2>&1 || fuzz_rc=$?
+  grep -E '^test result' target/fuzz.log || true
+  [ "$fuzz_rc" -ne 0 ] || fuzz/run-briefly.sh "$fuzz_secs" >>target/fuzz.log 2>&1 || fuzz_rc=$?
   grep -E '^(=== |no findings|fuzzing found)|stat::number_of_executed_units|SUMMARY|ERROR' target/fuzz.log || true
   [ "$fuzz_rc" -eq 0 ] || { echo "fuzzing found a problem (exit $fuzz_rc): see target/fuzz.log"; tail -40 target/fuzz.log; }
 fi

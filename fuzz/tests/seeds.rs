@@ -78,7 +78,6 @@ fn seed_timings() {
 /// 200 pipelined 1 MiB READs of a 1 MiB export: the server's live heap must stay within its
 /// in-flight budget (2 x 32 MiB + 1 MiB) however slowly the client reads.
 #[test]
-#[ignore = "fails today: replies queued for the writer no longer hold their in-flight permits"]
 fn pipelined_reads_stay_within_budget() {
     let _turn = one_at_a_time();
     let mut input = vec![0x02, 0x60, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00];

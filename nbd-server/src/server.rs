@@ -272,7 +272,13 @@ async fn discard<R: AsyncRead + Unpin>(r: &mut R, n: u64) -> io::Result<()> {
 struct Reply {
     head: BytesMut,
     data: Option<Bytes>,
+    /// The request's in-flight budget, released only once the reply is written: a queued
+    /// READ reply still holds its data.
+    permits: Option<Permits>,
 }
+
+/// One request slot and its payload budget.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 async fn transmit<R, W>(mut r: R, w: W, s: Session, mut shutdown: Shutdown) -> Result<(), ConnError>
 where
@@ -350,7 +356,7 @@ where
                 dev: dev.clone(),
                 tx: tx.clone(),
                 structured: s.structured,
-                _permits: (permit, budget),
+                permits: (permit, budget),
             };
             tokio::spawn(ctx.run(h.cookie, cmd, payload));
         }
@@ -377,7 +383,7 @@ struct Ctx {
     dev: Arc<dyn BlockDevice>,
     tx: mpsc::Sender<Reply>,
     structured: bool,
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    permits: Permits,
 }
 
 impl Ctx {
@@ -390,8 +396,11 @@ impl Ctx {
                 error_reply(cookie, self.structured, err, &e.to_string())
             }
         };
+        let mut reply = reply;
+        let Ctx { tx, permits, .. } = self;
+        reply.permits = Some(permits);
         // The client may be gone; its replies then have nowhere to go.
-        let _ = self.tx.send(reply).await;
+        let _ = tx.send(reply).await;
     }
 
     async fn execute(
@@ -435,6 +444,7 @@ impl Ctx {
                 return Ok(Reply {
                     head,
                     data: Some(data),
+                    permits: None,
                 });
             }
             Command::Write { offset, fua, .. } => {
@@ -485,7 +495,11 @@ impl Ctx {
         }
         let mut head = BytesMut::with_capacity(16);
         proto::put_simple_reply(&mut head, 0, cookie);
-        Ok(Reply { head, data: None })
+        Ok(Reply {
+            head,
+            data: None,
+            permits: None,
+        })
     }
 }
 
@@ -528,7 +542,11 @@ fn block_status_reply(cookie: u64, len: u32, req_one: bool, extents: &[Extent]) 
         head.put_u32(l);
         head.put_u32(f);
     }
-    Reply { head, data: None }
+    Reply {
+        head,
+        data: None,
+        permits: None,
+    }
 }
 
 fn error_reply(cookie: u64, structured: bool, error: NbdError, message: &str) -> Reply {
@@ -538,7 +556,11 @@ fn error_reply(cookie: u64, structured: bool, error: NbdError, message: &str) ->
     } else {
         proto::put_simple_reply(&mut head, error.code(), cookie);
     }
-    Reply { head, data: None }
+    Reply {
+        head,
+        data: None,
+        permits: None,
+    }
 }
 
 /// Writes replies as they arrive, flushing when no more are queued.
