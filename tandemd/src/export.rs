@@ -118,15 +118,10 @@ impl BlockDevice for ResourceDevice {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            flush: true,
-            fua: true,
-            trim: true,
-            write_zeroes: true,
             fast_zero: false,
             cache: false,
-            multi_conn: true,
-            rotational: false,
             block_status: false,
+            ..Capabilities::ALL
         }
     }
 

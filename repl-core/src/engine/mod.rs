@@ -652,6 +652,11 @@ impl Engine {
         let bits = self.bitmap.bits();
         // The whole range is valid by construction.
         let _ = self.bitmap.clear_bits(0..bits);
+        self.queue_dirty_pages();
+    }
+
+    /// Queues a metadata write for every bitmap page changed since the last one.
+    fn queue_dirty_pages(&mut self) {
         for page in self.bitmap.take_dirty_pages() {
             let step = bitmap_page_step(&self.layout, &self.bitmap, page);
             self.meta_queue.push_back(step);
@@ -666,10 +671,7 @@ impl Engine {
         if self.meta_queue.iter().any(|s| s.after == After::Down) {
             return;
         }
-        for page in self.bitmap.take_dirty_pages() {
-            let step = bitmap_page_step(&self.layout, &self.bitmap, page);
-            self.meta_queue.push_back(step);
-        }
+        self.queue_dirty_pages();
         let clean = self.sb.al_applied();
         self.meta_queue.push_back(MetaStep {
             offset: self.layout.md_offset,
