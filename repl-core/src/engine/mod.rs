@@ -79,6 +79,9 @@ pub enum Command {
         clear_bitmap: bool,
     },
     Outdate,
+    /// `invalidate`: without a connection the disk becomes Inconsistent and every block out of
+    /// sync, so that the next connection makes this node the target of a full resync.
+    Invalidate,
     /// Stop taking requests, finish those in flight, persist the bitmap and a clean
     /// superblock, then report [`Event::Down`].
     Down,
@@ -95,6 +98,8 @@ pub enum CommandError {
     FencePeerUnsupported,
     #[error("the device is going down")]
     GoingDown,
+    #[error("this command needs the peer link, which is not implemented yet")]
+    NeedsPeerLink,
 }
 
 /// Things users see, worded as DRBD logs them.
@@ -410,6 +415,18 @@ impl Engine {
                     self.write_superblock(After::Superblock);
                 }
             }
+            Command::Invalidate => {
+                if self.state.conn >= ConnState::Connected {
+                    return Err(CommandError::NeedsPeerLink);
+                }
+                let mut req = self.state;
+                req.disk = DiskState::Inconsistent;
+                if let Some(state) = self.state.change(req, false, &ctx)? {
+                    self.set_state(state);
+                }
+                self.set_all_bits();
+                self.write_superblock(After::Superblock);
+            }
             Command::Down => {
                 if let Some(state) = self.state.demote(&ctx)? {
                     self.sb.uuids.set_role(Role::Secondary);
@@ -652,6 +669,13 @@ impl Engine {
         let bits = self.bitmap.bits();
         // The whole range is valid by construction.
         let _ = self.bitmap.clear_bits(0..bits);
+        self.queue_dirty_pages();
+    }
+
+    fn set_all_bits(&mut self) {
+        let bits = self.bitmap.bits();
+        // The whole range is valid by construction.
+        let _ = self.bitmap.set_bits(0..bits);
         self.queue_dirty_pages();
     }
 

@@ -393,3 +393,25 @@ fn new_current_uuid_clear_bitmap_empties_the_bitmap() {
     assert_ne!(e.uuids().current, before);
     assert_eq!(d.superblock().uuids, e.uuids());
 }
+
+#[test]
+fn invalidate_without_a_peer_marks_everything_out_of_sync() {
+    let (mut e, mut d) = primary(61);
+    let err = e.command(Command::Invalidate, false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "State change failed: (-2) Need access to UpToDate data",
+        "a disconnected Primary keeps its only good copy"
+    );
+    e.command(Command::Secondary, false).unwrap();
+    settle(&mut e, &mut d);
+    e.command(Command::Invalidate, false).unwrap();
+    settle(&mut e, &mut d);
+    assert_eq!(e.state().disk, DiskState::Inconsistent);
+    assert_eq!(e.out_of_sync_blocks(), e.bitmap.bits());
+    let sb = d.superblock();
+    assert!(!sb.flags.contains(MdFlags::CONSISTENT));
+    let again = Engine::attach(config(61), d.on_disk()).unwrap();
+    assert_eq!(again.out_of_sync_blocks(), e.bitmap.bits(), "bitmap persisted");
+    assert_eq!(again.state().disk, DiskState::Inconsistent);
+}
