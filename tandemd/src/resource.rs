@@ -433,6 +433,7 @@ fn describe(cmd: Command) -> String {
             }
         }
         Command::Outdate => "outdate".into(),
+        Command::Invalidate => "invalidate".into(),
         Command::Down => "down".into(),
     }
 }
