@@ -14,3 +14,4 @@ pub mod status;
 pub mod time;
 pub mod types;
 pub mod uuid;
+pub mod wire;
