@@ -167,6 +167,65 @@ impl Bitmap {
         Ok(added)
     }
 
+    /// Number of 64-bit words (the unit of the bitmap exchange).
+    pub fn word_count(&self) -> u64 {
+        self.words.len() as u64
+    }
+
+    /// Words `range` (clamped to the bitmap), for the bitmap exchange.
+    pub fn words(&self, range: Range<u64>) -> &[u64] {
+        let end = (range.end as usize).min(self.words.len());
+        let start = (range.start as usize).min(end);
+        &self.words[start..end]
+    }
+
+    /// ORs words received from the peer in at word `offset`; returns the bits newly set.
+    ///
+    /// # Errors
+    /// `OutOfRange` when the words reach past the end.
+    pub fn or_words(&mut self, offset: u64, words: &[u64]) -> Result<u64, BitmapError> {
+        let end = offset.saturating_add(words.len() as u64);
+        if end > self.words.len() as u64 {
+            return Err(BitmapError::OutOfRange {
+                start: offset.saturating_mul(64),
+                end: end.saturating_mul(64),
+                bits: self.bits,
+            });
+        }
+        let mut added = 0;
+        for (i, o) in words.iter().enumerate() {
+            let idx = offset as usize + i;
+            let new = self.words[idx] | o;
+            if new != self.words[idx] {
+                added += u64::from((new ^ self.words[idx]).count_ones());
+                self.words[idx] = new;
+                mark(&mut self.dirty, idx / WORDS_PER_PAGE);
+            }
+        }
+        self.mask_tail();
+        Ok(added)
+    }
+
+    /// The first run of set bits at or after `from`, at most `max` bits long.
+    pub fn next_run(&self, from: u64, max: u64) -> Option<Range<u64>> {
+        let runs = DirtyRuns {
+            bitmap: self,
+            next: from,
+        };
+        let start = runs.seek(from, true);
+        if start >= self.bits {
+            return None;
+        }
+        let end = runs.seek(start, false).min(start.saturating_add(max));
+        Some(start..end)
+    }
+
+    /// Whether any bit in `bits` is set.
+    pub fn any(&self, bits: Range<u64>) -> bool {
+        self.next_run(bits.start, 1)
+            .is_some_and(|r| r.start < bits.end)
+    }
+
     /// Pages changed since the last call, ascending; clears the record.
     pub fn take_dirty_pages(&mut self) -> Vec<u64> {
         let mut pages = Vec::new();
@@ -339,6 +398,31 @@ impl Iterator for DirtyRuns<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn word_exchange_and_run_scanning() {
+        let mut a = Bitmap::with_bits(200);
+        a.set_bits(3..5).unwrap();
+        a.set_bits(130..140).unwrap();
+        let mut b = Bitmap::with_bits(200);
+        assert_eq!(b.or_words(0, a.words(0..4)).unwrap(), 12);
+        assert_eq!(b, {
+            let mut c = a.clone();
+            c.take_dirty_pages();
+            c.dirty = b.dirty.clone();
+            c
+        });
+        assert!(b.or_words(3, &[0, 0]).is_err());
+        assert_eq!(b.next_run(0, 100), Some(3..5));
+        assert_eq!(b.next_run(5, 100), Some(130..140));
+        assert_eq!(b.next_run(131, 4), Some(131..135));
+        assert_eq!(b.next_run(140, 100), None);
+        assert!(b.any(0..4) && !b.any(5..130) && b.any(139..200));
+        // Bits past the end never appear, even when the peer sends them.
+        let mut t = Bitmap::with_bits(70);
+        t.or_words(1, &[u64::MAX]).unwrap();
+        assert_eq!(t.count(), 6);
+    }
 
     #[test]
     fn ranges_round_outward_on_set_and_inward_on_clear() {

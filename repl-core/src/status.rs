@@ -47,6 +47,9 @@ pub struct Status {
     /// Out-of-sync KiB (`oos:`).
     pub out_of_sync: u64,
     pub counters: Counters,
+    /// Resync progress while SyncSource or SyncTarget.
+    #[serde(default)]
+    pub resync: Option<crate::engine::ResyncStatus>,
 }
 
 mod flags_serde {

@@ -324,6 +324,8 @@ impl Daemon {
                 device_open: false,
             },
             seed,
+            // The peer link arrives with replication; until then the node is StandAlone.
+            net: None,
         };
         info!(
             "block drbd{}: attaching {} (resource {}, volume {})",

@@ -359,6 +359,8 @@ impl Task {
                     }
                 }
                 Output::Event(ev) => self.event(ev),
+                // No peer link yet: the engine has no peer to send to.
+                Output::Send(_) | Output::Disconnect { .. } => {}
             }
         }
         if self.status_dirty && !self.finished {
@@ -415,6 +417,11 @@ impl Task {
                     let _ = w.send(Ok(()));
                 }
             }
+            Event::Handler(h) => info!(
+                "{}: helper command: {} (not run yet)",
+                self.prefix(),
+                h.name()
+            ),
         }
     }
 }
@@ -433,6 +440,8 @@ fn describe(cmd: Command) -> String {
             }
         }
         Command::Outdate => "outdate".into(),
+        Command::Connect => "connect".into(),
+        Command::Disconnect => "disconnect".into(),
         Command::Invalidate => "invalidate".into(),
         Command::Down => "down".into(),
     }

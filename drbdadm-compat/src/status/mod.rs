@@ -19,6 +19,7 @@
 //!     size: Sector(0),
 //!     out_of_sync: 0,
 //!     counters: Counters::default(),
+//!     resync: None,
 //! };
 //! let view = DeviceView::new(status);
 //! assert_eq!(cstate(&view.status), "Unconfigured");
@@ -392,6 +393,7 @@ pub(crate) mod tests {
             size: Sector(2 * 1024 * 1024),
             out_of_sync: 0,
             counters: Counters::default(),
+            resync: None,
         });
         if conn != ConnState::StandAlone {
             v.protocol = Some(Protocol::C);

@@ -119,6 +119,11 @@ pub enum Output {
     },
     /// Something users see: state changes and notable events, in DRBD's wording.
     Event(crate::engine::Event),
+    /// Send this packet to the peer, in order.
+    Send(crate::wire::Packet),
+    /// Close the peer link (after sending what was queued); reconnect when `reconnect`.
+    /// The engine already treats the link as gone.
+    Disconnect { reconnect: bool },
 }
 
 /// `(first sector, sector count)` covering a byte range.

@@ -11,10 +11,15 @@
 //! superblock that records a role change precedes the writes it covers.
 
 mod io;
+mod peer;
+mod resync;
 
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
+
+pub use peer::{Handler, LinkParams, NetConfig};
+pub use resync::ResyncStatus;
 
 pub use io::{
     sectors, DiskOp, DiskResult, OpId, Output, ReqId, Request, RequestError, SubmitError,
@@ -44,6 +49,8 @@ pub struct EngineConfig {
     pub context: Context,
     /// Seeds generation UUIDs (the daemon passes entropy, the simulator a seed).
     pub seed: u64,
+    /// The `net` section; `None` keeps the node StandAlone.
+    pub net: Option<NetConfig>,
 }
 
 /// The metadata and bitmap read from disk at attach time.
@@ -79,6 +86,10 @@ pub enum Command {
         clear_bitmap: bool,
     },
     Outdate,
+    /// `connect`: StandAlone to WFConnection (needs a `net` configuration).
+    Connect,
+    /// `disconnect`: drop the link and stay StandAlone.
+    Disconnect,
     /// `invalidate`: without a connection the disk becomes Inconsistent and every block out of
     /// sync, so that the next connection makes this node the target of a full resync.
     Invalidate,
@@ -98,8 +109,12 @@ pub enum CommandError {
     FencePeerUnsupported,
     #[error("the device is going down")]
     GoingDown,
-    #[error("this command needs the peer link, which is not implemented yet")]
-    NeedsPeerLink,
+    #[error("no net configuration: the resource has no peer to connect to")]
+    NoNetConfig,
+    #[error(
+        "promotion of a node whose disk is not UpToDate is not supported yet (wait for the resync to finish)"
+    )]
+    NotWhileSyncTarget,
 }
 
 /// Things users see, worded as DRBD logs them.
@@ -115,6 +130,8 @@ pub enum Event {
     MetadataWritten,
     /// After [`Command::Down`]: nothing is in flight and the metadata is clean.
     Down,
+    /// Run this handler script from the `handlers` section (DRBD's names).
+    Handler(Handler),
 }
 
 /// What a metadata write unblocks when it is durable.
@@ -137,12 +154,35 @@ struct MetaStep {
     after: After,
 }
 
-/// A request the engine holds.
+/// A request the engine holds, from submission until the peer confirmed it (`NET_DONE`).
 #[derive(Debug)]
 struct Pending {
     request: Request,
-    /// The AL references it took (writes only), released at completion.
+    /// The AL references it took (writes only), released when the request is destroyed.
     al_held: bool,
+    /// Sent to the local disk (past the AL and overlap checks).
+    issued: bool,
+    /// The local disk's result, once it answered.
+    local: Option<Result<Option<Bytes>, RequestError>>,
+    net: peer::Net,
+    /// Its epoch on the wire (writes and flushes sent to the peer).
+    epoch: u32,
+    /// `Complete` was emitted.
+    completed: bool,
+}
+
+impl Pending {
+    fn new(request: Request) -> Pending {
+        Pending {
+            request,
+            al_held: false,
+            issued: false,
+            local: None,
+            net: peer::Net::NotSent,
+            epoch: 0,
+            completed: false,
+        }
+    }
 }
 
 /// What a disk operation in flight is for.
@@ -150,6 +190,19 @@ struct Pending {
 enum OpFor {
     Request(ReqId),
     Meta(After),
+    /// A write received from the peer (key into `peer_writes`).
+    PeerWrite(u64),
+    /// A resync read for the peer (`P_RS_DATA_REQUEST`).
+    RsRead {
+        link: u64,
+        id: u64,
+        sector: Sector,
+    },
+    /// The flush a `P_BARRIER` asked for.
+    PeerFlush {
+        link: u64,
+        epoch: u32,
+    },
 }
 
 /// One node's replication engine for one volume.
@@ -179,6 +232,16 @@ pub struct Engine {
     going_down: bool,
     counters: Counters,
     out: VecDeque<Output>,
+    /// The connection, from link establishment until it is lost.
+    peer: Option<peer::Peer>,
+    /// Counts established links, so late completions from an old one are ignored.
+    link_gen: u64,
+    /// Writes received from the peer, waiting or in flight on the local disk.
+    peer_writes: HashMap<u64, peer::PeerWrite>,
+    peer_wait: VecDeque<u64>,
+    next_peer_write: u64,
+    /// The node was Primary when it crashed (`CRASHED_PRIMARY`), until a resync ends.
+    crashed_primary: bool,
 }
 
 impl Engine {
@@ -201,6 +264,7 @@ impl Engine {
         let mut bitmap = Bitmap::from_bytes(bits, &bitmap)?;
         let mut out = VecDeque::new();
         let mut sb = superblock;
+        let crashed_primary = sb.state == MdState::Unclean && sb.must_apply_al();
         let mut meta_queue = VecDeque::new();
         if sb.state == MdState::Unclean {
             let replay = al::replay(&al_ring, layout.al)?;
@@ -256,6 +320,12 @@ impl Engine {
             going_down: false,
             counters: Counters::default(),
             out,
+            peer: None,
+            link_gen: 0,
+            peer_writes: HashMap::new(),
+            peer_wait: VecDeque::new(),
+            next_peer_write: 0,
+            crashed_primary,
         };
         engine.sb.la_size = Sector(size / Sector::SIZE);
         engine.set_state(attached.state);
@@ -281,9 +351,12 @@ impl Engine {
             out_of_sync: self.bitmap.count() * 4,
             counters: Counters {
                 lo: self.ops.len() as u64,
-                ap: self.requests.len() as u64,
+                ap: self.requests.values().filter(|p| !p.completed).count() as u64,
+                pe: self.requests.values().filter(|p| p.net.pending()).count() as u64,
+                ua: self.peer_writes.len() as u64,
                 ..self.counters
             },
+            resync: self.resync_status(),
         }
     }
 
@@ -331,13 +404,7 @@ impl Engine {
         let req = ReqId(self.next_req);
         self.next_req += 1;
         let writes = request.writes();
-        self.requests.insert(
-            req,
-            Pending {
-                request,
-                al_held: false,
-            },
-        );
+        self.requests.insert(req, Pending::new(request));
         if writes {
             self.waiting.push_back(req);
             self.admit_waiting();
@@ -352,6 +419,9 @@ impl Engine {
         match self.ops.remove(&op) {
             Some(OpFor::Request(req)) => self.request_done(req, result),
             Some(OpFor::Meta(after)) => self.meta_done(after, result),
+            Some(OpFor::PeerWrite(key)) => self.peer_write_done(key, result),
+            Some(OpFor::RsRead { link, id, sector }) => self.rs_read_done(link, id, sector, result),
+            Some(OpFor::PeerFlush { link, epoch }) => self.peer_flush_done(link, epoch, result),
             None => self.log(format!("completion for unknown disk operation {}", op.0)),
         }
     }
@@ -369,6 +439,14 @@ impl Engine {
             ..self.cfg.context
         };
         match cmd {
+            Command::Primary { .. }
+                if self.state.disk < DiskState::UpToDate
+                    && self.state.pdsk == DiskState::UpToDate =>
+            {
+                // DRBD would serve reads of out-of-sync blocks from the peer; tandem does not
+                // yet, so a node promotes only with all of its data.
+                return Err(CommandError::NotWhileSyncTarget);
+            }
             Command::Primary { force } => match self.state.promote(force, false, &ctx)? {
                 Promotion::Unchanged => {}
                 Promotion::RunFencePeer => return Err(CommandError::FencePeerUnsupported),
@@ -387,8 +465,13 @@ impl Engine {
                     if self.sb.uuids.promote(&state, forced, random) {
                         self.log(format!("new current UUID {}", self.sb.uuids.current));
                     }
+                    self.crashed_primary = false;
                     self.set_state(state);
                     self.write_superblock(After::Superblock);
+                    if forced {
+                        self.send_uuids(crate::uuid::UuidFlags::default());
+                    }
+                    self.send_state();
                 }
             },
             Command::Secondary => {
@@ -396,19 +479,30 @@ impl Engine {
                     self.sb.uuids.set_role(Role::Secondary);
                     self.set_state(state);
                     self.write_superblock(After::Superblock);
+                    self.send_state();
                 }
             }
             Command::NewCurrentUuid { clear_bitmap } => {
                 let random = self.rng.next_u64();
-                self.sb
-                    .uuids
-                    .new_current_uuid(clear_bitmap, &self.state, 0, random)?;
+                let version = self.agreed_pro_version();
+                let done =
+                    self.sb
+                        .uuids
+                        .new_current_uuid(clear_bitmap, &self.state, version, random)?;
                 if clear_bitmap {
                     self.clear_bitmap();
                 }
                 self.log(format!("new current UUID {}", self.sb.uuids.current));
+                if done.skip_initial_sync {
+                    self.log("Preparing to skip initial sync".into());
+                    self.skip_initial_sync();
+                    self.send_uuids(crate::uuid::UuidFlags::SKIP_INITIAL_SYNC);
+                    self.send_state();
+                }
                 self.write_superblock(After::Superblock);
             }
+            Command::Connect => self.connect_command()?,
+            Command::Disconnect => self.disconnect_command(),
             Command::Outdate => {
                 if let Some(state) = self.state.outdate(&ctx)? {
                     self.set_state(state);
@@ -416,22 +510,32 @@ impl Engine {
                 }
             }
             Command::Invalidate => {
-                if self.state.conn >= ConnState::Connected {
-                    return Err(CommandError::NeedsPeerLink);
+                if self.state.conn > ConnState::Connected {
+                    return Err(StateChangeError::ResyncRunning.into());
                 }
                 let mut req = self.state;
                 req.disk = DiskState::Inconsistent;
-                if let Some(state) = self.state.change(req, false, &ctx)? {
+                if self.state.conn == ConnState::Connected {
+                    // Sanitizing would lift a connected Inconsistent disk back up; the
+                    // peer's handshake run is what makes this node the target.
+                    if self.state.role == Role::Primary || self.state.pdsk < DiskState::UpToDate {
+                        return Err(StateChangeError::NoUpToDateDisk.into());
+                    }
+                    self.set_state(req);
+                } else if let Some(state) = self.state.change(req, false, &ctx)? {
                     self.set_state(state);
                 }
                 self.set_all_bits();
                 self.write_superblock(After::Superblock);
+                self.send_uuids(crate::uuid::UuidFlags::INCONSISTENT);
+                self.send_state();
             }
             Command::Down => {
                 if let Some(state) = self.state.demote(&ctx)? {
                     self.sb.uuids.set_role(Role::Secondary);
                     self.set_state(state);
                 }
+                self.disconnect_command();
                 self.going_down = true;
                 self.maybe_finish_down();
             }
@@ -465,7 +569,7 @@ impl Engine {
         if self.gating_superblocks > 0 {
             return;
         }
-        let mut still = VecDeque::new();
+        let mut still: VecDeque<ReqId> = VecDeque::new();
         while let Some(req) = self.waiting.pop_front() {
             let Some(p) = self.requests.get(&req) else {
                 continue;
@@ -473,6 +577,18 @@ impl Engine {
             let Some((offset, len)) = p.request.range() else {
                 continue;
             };
+            // An overlapping write still in flight (or waiting ahead of this one) goes first,
+            // so that both disks see overlapping writes in the same order.
+            let earlier_waits = still.iter().any(|w| {
+                self.requests
+                    .get(w)
+                    .and_then(|q| q.request.range())
+                    .is_some_and(|r| overlaps(r, (offset, len)))
+            });
+            if earlier_waits || self.write_in_flight_over(offset, len) {
+                still.push_back(req);
+                continue;
+            }
             let (start, n) = sectors(offset, len);
             match self.al.begin_write(start, n) {
                 Ok(Admission::Go) => {
@@ -519,12 +635,14 @@ impl Engine {
         }
     }
 
-    /// Sends a request's disk operation; a write also marks its blocks out of sync, since no
-    /// peer receives it.
+    /// Sends a request's disk operation and, for writes and flushes, its packet to the peer;
+    /// a write no peer receives marks its blocks out of sync.
     fn issue(&mut self, req: ReqId) {
-        let Some(p) = self.requests.get(&req) else {
+        let Some(p) = self.requests.get_mut(&req) else {
             return;
         };
+        p.issued = true;
+        let p = &self.requests[&req];
         let kind = match &p.request {
             Request::Read { offset, len } => DiskOp::Read {
                 offset: *offset,
@@ -546,11 +664,18 @@ impl Engine {
                 fua: *fua,
             },
         };
-        if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
-            // The range was checked against the size at submit.
-            let _ = self.bitmap.set_bytes(offset, len);
-        }
+        let request = p.request.clone();
         self.op(OpFor::Request(req), kind);
+        if let Some((offset, len)) = request.range().filter(|_| request.writes()) {
+            self.mark_resync_requests_stale(offset, len);
+            if !self.mirror_write(req, &request) {
+                // The range was checked against the size at submit.
+                let _ = self.bitmap.set_bytes(offset, len);
+                self.send_out_of_sync(offset, len);
+            }
+        } else if request == Request::Flush {
+            self.mirror_flush(req);
+        }
     }
 
     fn request_done(&mut self, req: ReqId, result: DiskResult) {
@@ -576,14 +701,61 @@ impl Engine {
             // (`on-io-error`) arrives with the peer, which can serve instead.
             self.log(format!("local disk I/O error on request {}", req.0));
         }
-        self.finish(req, result);
+        if let Some(p) = self.requests.get_mut(&req) {
+            p.local = Some(result);
+        }
+        self.maybe_complete(req);
     }
 
-    /// Completes a request: releases its AL references and retries writes that waited.
+    /// Fails a request before it reached the disk.
     fn finish(&mut self, req: ReqId, result: Result<Option<Bytes>, RequestError>) {
+        if let Some(p) = self.requests.get_mut(&req) {
+            p.local = Some(result);
+            p.net = peer::Net::NotSent;
+        }
+        self.maybe_complete(req);
+    }
+
+    /// Completes a request to the block layer once its local part and the network part the
+    /// protocol demands are done; destroys it once the peer confirmed its epoch.
+    fn maybe_complete(&mut self, req: ReqId) {
+        let Some(p) = self.requests.get_mut(&req) else {
+            return;
+        };
+        let Some(local) = &p.local else {
+            return;
+        };
+        if !p.completed && p.net.satisfied() {
+            p.completed = true;
+            // Success when either side has the data (`drbd_req_complete`).
+            let result = match local {
+                Err(_) if p.net.peer_has_data() => Ok(None),
+                r => r.clone(),
+            };
+            let wrote = p.request.writes() && p.net.is_mirrored();
+            self.out.push_back(Output::Complete { req, result });
+            if wrote {
+                self.close_epoch(false);
+            }
+        }
+        let p = &self.requests[&req];
+        if p.completed && p.net.finished() {
+            self.destroy(req);
+        }
+    }
+
+    /// Forgets a request: marks what did not reach both disks out of sync, releases its AL
+    /// references and retries writes that waited.
+    fn destroy(&mut self, req: ReqId) {
         let Some(p) = self.requests.remove(&req) else {
             return;
         };
+        let local_ok = matches!(p.local, Some(Ok(_)));
+        if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
+            if !local_ok || p.net == peer::Net::Failed {
+                let _ = self.bitmap.set_bytes(offset, len);
+            }
+        }
         if p.al_held {
             if let Some((offset, len)) = p.request.range() {
                 let (start, n) = sectors(offset, len);
@@ -592,9 +764,25 @@ impl Engine {
                 }
             }
         }
-        self.out.push_back(Output::Complete { req, result });
         self.admit_waiting();
+        self.admit_peer_writes();
         self.maybe_finish_down();
+    }
+
+    /// Whether a local write that is issued and not yet completed overlaps the range, or a
+    /// write from the peer or the resync does.
+    fn write_in_flight_over(&self, offset: u64, len: u64) -> bool {
+        self.requests.values().any(|p| {
+            p.issued
+                && !p.completed
+                && p.request.writes()
+                && p.request
+                    .range()
+                    .is_some_and(|r| overlaps(r, (offset, len)))
+        }) || self
+            .peer_writes
+            .values()
+            .any(|w| w.issued && overlaps((w.offset, w.len), (offset, len)))
     }
 
     fn write_superblock(&mut self, after: After) {
@@ -689,7 +877,11 @@ impl Engine {
 
     /// Once going down and idle: the dirty bitmap, then a clean superblock.
     fn maybe_finish_down(&mut self) {
-        if !self.going_down || !self.requests.is_empty() || self.staged.is_some() {
+        if !self.going_down
+            || !self.requests.is_empty()
+            || self.staged.is_some()
+            || !self.peer_writes.is_empty()
+        {
             return;
         }
         if self.meta_queue.iter().any(|s| s.after == After::Down) {
@@ -705,6 +897,11 @@ impl Engine {
         self.sb = clean;
         self.pump_meta();
     }
+}
+
+/// Whether two byte ranges `(offset, len)` share a byte.
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
 }
 
 /// A metadata step writing one bitmap page as it is in memory now.

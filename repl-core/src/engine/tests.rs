@@ -4,6 +4,9 @@ use super::*;
 use crate::meta::{self, AlGeometry, MetaWrite};
 use crate::state::Fencing;
 
+#[path = "pair_tests.rs"]
+mod pair;
+
 const DEV: u64 = 64 << 20;
 
 /// A backing device in memory: data and internal metadata in one buffer.
@@ -82,6 +85,7 @@ fn config(al_extents: u16) -> EngineConfig {
             ..Context::default()
         },
         seed: 42,
+        net: None,
     }
 }
 
@@ -105,6 +109,8 @@ fn settle(e: &mut Engine, d: &mut MemDisk) -> Seen {
             }
             Output::Complete { req, result } => seen.completions.push((req, result)),
             Output::Event(ev) => seen.events.push(ev),
+            Output::Send(p) => panic!("a node without a peer sent {p:?}"),
+            Output::Disconnect { .. } => panic!("a node without a peer disconnected"),
         }
     }
     seen
@@ -412,6 +418,10 @@ fn invalidate_without_a_peer_marks_everything_out_of_sync() {
     let sb = d.superblock();
     assert!(!sb.flags.contains(MdFlags::CONSISTENT));
     let again = Engine::attach(config(61), d.on_disk()).unwrap();
-    assert_eq!(again.out_of_sync_blocks(), e.bitmap.bits(), "bitmap persisted");
+    assert_eq!(
+        again.out_of_sync_blocks(),
+        e.bitmap.bits(),
+        "bitmap persisted"
+    );
     assert_eq!(again.state().disk, DiskState::Inconsistent);
 }

@@ -102,9 +102,13 @@ pub enum Packet {
         node: String,
     },
     /// `cram-hmac-alg`: a random challenge the peer must answer (16 to 64 bytes).
-    AuthChallenge { nonce: Bytes },
+    AuthChallenge {
+        nonce: Bytes,
+    },
     /// HMAC of the received challenge with the shared secret (at most 64 bytes).
-    AuthResponse { mac: Bytes },
+    AuthResponse {
+        mac: Bytes,
+    },
     /// `P_PROTOCOL`: the net options both sides must agree on.
     Protocol {
         protocol: Protocol,
@@ -144,7 +148,9 @@ pub enum Packet {
         last: bool,
     },
     /// `P_SYNC_UUID`: the source's new bitmap UUID, which the target takes as current.
-    SyncUuid { uuid: u64 },
+    SyncUuid {
+        uuid: u64,
+    },
     /// `P_DATA`: a mirrored write. `id` identifies it in acks; `epoch` is the barrier
     /// number it belongs to; `len` is the range in bytes (equal to the payload for
     /// [`DataKind::Write`], with no payload otherwise). `digest` is the crc32c of the payload
@@ -168,11 +174,21 @@ pub enum Packet {
     },
     /// `P_BARRIER`: epoch `epoch` is closed; answer with [`Packet::BarrierAck`] once all its
     /// writes are done (and flushed to stable storage when `flush`).
-    Barrier { epoch: u32, flush: bool },
+    Barrier {
+        epoch: u32,
+        flush: bool,
+    },
     /// `P_BARRIER_ACK`: every write of `epoch` (`writes` of them) is done on the peer.
-    BarrierAck { epoch: u32, writes: u32 },
+    BarrierAck {
+        epoch: u32,
+        writes: u32,
+    },
     /// `P_RS_DATA_REQUEST`: the resync target asks for a range.
-    RsRequest { id: u64, sector: Sector, len: u32 },
+    RsRequest {
+        id: u64,
+        sector: Sector,
+        len: u32,
+    },
     /// `P_RS_DATA_REPLY`: the source's data for a request.
     RsReply {
         id: u64,
@@ -181,9 +197,16 @@ pub enum Packet {
         data: Bytes,
     },
     /// `P_NEG_RS_DREPLY`: the source could not read the range.
-    RsNegReply { id: u64, sector: Sector, len: u32 },
+    RsNegReply {
+        id: u64,
+        sector: Sector,
+        len: u32,
+    },
     /// `P_OUT_OF_SYNC`: the sender marked this range out of sync.
-    OutOfSync { sector: Sector, len: u32 },
+    OutOfSync {
+        sector: Sector,
+        len: u32,
+    },
 }
 
 /// A packet with the volume it concerns (0 for connection-level packets).

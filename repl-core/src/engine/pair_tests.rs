@@ -1,0 +1,557 @@
+//! Two engines joined by an in-memory link: the handshake, mirrored writes, resync and link
+//! loss, scripted. `repl-sim` runs the same wiring under seeded faults.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::*;
+use crate::engine::{LinkParams, NetConfig};
+use crate::time::Instant;
+use crate::types::Uuid;
+use crate::uuid::GenerationUuids;
+use crate::wire::{IntegrityAlg, Packet, Protocol};
+
+/// What travels on one direction of the link.
+#[derive(Debug)]
+enum OnWire {
+    Packet(Packet),
+    /// The sender closed the link after what precedes.
+    Close,
+}
+
+struct Node {
+    e: Engine,
+    d: MemDisk,
+    completions: Vec<(ReqId, Result<Option<Bytes>, RequestError>)>,
+    events: Vec<Event>,
+    /// Keep disk operations instead of performing them (to observe ordering).
+    hold_disk: bool,
+    held: Vec<(OpId, DiskOp)>,
+}
+
+impl Node {
+    fn logs(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Log(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.logs().iter().any(|l| l.contains(needle))
+    }
+
+    fn completed(&self, req: ReqId) -> bool {
+        self.completions.iter().any(|(r, _)| *r == req)
+    }
+}
+
+struct Pair {
+    n: [Node; 2],
+    wire: [VecDeque<OnWire>; 2],
+    /// Node i's end of the link is open (it has not closed or lost it).
+    open: [bool; 2],
+    now: Instant,
+    protocol: Protocol,
+}
+
+fn net_config(protocol: Protocol) -> NetConfig {
+    NetConfig {
+        protocol,
+        two_primaries: false,
+        integrity: Some(IntegrityAlg::Crc32c),
+        resync_rate_kib: 1 << 20,
+    }
+}
+
+impl Pair {
+    fn new(protocol: Protocol) -> Pair {
+        let make = |seed| {
+            let mut d = MemDisk::created();
+            let mut cfg = config(61);
+            cfg.seed = seed;
+            cfg.net = Some(net_config(protocol));
+            let mut e = Engine::attach(cfg, d.on_disk()).unwrap();
+            settle(&mut e, &mut d);
+            e.command(Command::Connect, false).unwrap();
+            settle(&mut e, &mut d);
+            assert_eq!(e.state().conn, ConnState::WFConnection);
+            Node {
+                e,
+                d,
+                completions: vec![],
+                events: vec![],
+                hold_disk: false,
+                held: vec![],
+            }
+        };
+        Pair {
+            n: [make(1), make(2)],
+            wire: [VecDeque::new(), VecDeque::new()],
+            open: [false, false],
+            now: Instant::from_nanos(1),
+            protocol,
+        }
+    }
+
+    fn connect(&mut self) {
+        for i in 0..2 {
+            self.n[i].e.peer_connected(LinkParams {
+                protocol: self.protocol,
+                integrity: Some(IntegrityAlg::Crc32c),
+                resolve_conflicts: i == 0,
+                discard_my_data: false,
+            });
+            self.open[i] = true;
+        }
+        self.settle();
+    }
+
+    /// The link breaks under both nodes at once.
+    fn cut(&mut self) {
+        self.wire = [VecDeque::new(), VecDeque::new()];
+        for i in 0..2 {
+            if self.open[i] {
+                self.open[i] = false;
+                self.n[i].e.peer_lost();
+            }
+        }
+        self.settle();
+    }
+
+    /// Drains every node's outputs once and delivers one packet each way.
+    fn step(&mut self) -> bool {
+        let mut busy = false;
+        for i in 0..2 {
+            while let Some(o) = self.n[i].e.poll_output() {
+                busy = true;
+                match o {
+                    Output::Disk { op, kind } => {
+                        if self.n[i].hold_disk {
+                            self.n[i].held.push((op, kind));
+                        } else {
+                            let r = self.n[i].d.perform(&kind);
+                            self.n[i].e.disk_done(op, r);
+                        }
+                    }
+                    Output::Complete { req, result } => self.n[i].completions.push((req, result)),
+                    Output::Event(ev) => self.n[i].events.push(ev),
+                    Output::Send(p) => {
+                        if self.open[i] {
+                            self.wire[i].push_back(OnWire::Packet(p));
+                        }
+                    }
+                    Output::Disconnect { .. } => {
+                        if self.open[i] {
+                            self.open[i] = false;
+                            self.wire[i].push_back(OnWire::Close);
+                            self.wire[1 - i].clear();
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..2 {
+            let to = 1 - i;
+            if let Some(w) = self.wire[i].pop_front() {
+                busy = true;
+                match w {
+                    OnWire::Packet(p) => {
+                        if self.open[to] {
+                            let now = self.now;
+                            self.n[to].e.receive(p, now);
+                        }
+                    }
+                    OnWire::Close => {
+                        if self.open[to] {
+                            self.open[to] = false;
+                            self.n[to].e.peer_lost();
+                        }
+                    }
+                }
+            }
+        }
+        busy
+    }
+
+    /// Runs until nothing moves and no timer is due, advancing simulated time to timers.
+    fn settle(&mut self) {
+        for _ in 0..1_000_000 {
+            while self.step() {}
+            let next = self.n.iter().filter_map(|n| n.e.next_tick()).min();
+            let Some(at) = next else {
+                return;
+            };
+            self.now = self.now.max(at);
+            let now = self.now;
+            for n in &mut self.n {
+                if n.e.next_tick().is_some_and(|t| t <= now) {
+                    n.e.tick(now);
+                }
+            }
+        }
+        panic!("the pair never settled");
+    }
+
+    fn submit(&mut self, i: usize, r: Request) -> ReqId {
+        let req = self.n[i].e.submit(r).unwrap();
+        self.settle();
+        req
+    }
+
+    fn conns(&self) -> (ConnState, ConnState) {
+        (self.n[0].e.state().conn, self.n[1].e.state().conn)
+    }
+
+    fn disks(&self) -> (DiskState, DiskState) {
+        (self.n[0].e.state().disk, self.n[1].e.state().disk)
+    }
+
+    /// The data areas of both disks are byte-identical.
+    fn assert_identical(&self) {
+        let size = self.n[0].e.size.min(self.n[1].e.size) as usize;
+        let (a, b) = (&self.n[0].d.bytes[..size], &self.n[1].d.bytes[..size]);
+        if a != b {
+            let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0);
+            panic!("data differs from byte {first}");
+        }
+    }
+
+    /// Both nodes fully synced and connected, node 0 Primary.
+    fn synced(protocol: Protocol) -> Pair {
+        let mut p = Pair::new(protocol);
+        p.connect();
+        p.n[0]
+            .e
+            .command(Command::Primary { force: true }, false)
+            .unwrap();
+        p.settle();
+        assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+        assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+        p
+    }
+}
+
+#[test]
+fn fresh_pair_connects_inconsistent_then_force_primary_syncs_everything() {
+    let mut p = Pair::new(Protocol::C);
+    p.connect();
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(
+        p.disks(),
+        (DiskState::Inconsistent, DiskState::Inconsistent)
+    );
+    assert!(p.n[0].logged("uuid_compare()=0 by rule 10"));
+    // Something on node 0's disk that only a full sync carries over.
+    p.n[0].d.put(12345 * 512, &[7; 4096]);
+    p.n[0]
+        .e
+        .command(Command::Primary { force: true }, false)
+        .unwrap();
+    p.settle();
+    assert!(
+        p.n[1].logged("uuid_compare()=-2 by rule 20"),
+        "{:?}",
+        p.n[1].logs()
+    );
+    assert!(p.n[1].logged("Began resync as SyncTarget (will sync"));
+    assert!(p.n[0].logged("Began resync as SyncSource"));
+    assert!(p.n[1].logged("Resync done"));
+    assert!(p.n[1]
+        .events
+        .contains(&Event::Handler(Handler::BeforeResyncTarget)));
+    assert!(p.n[1]
+        .events
+        .contains(&Event::Handler(Handler::AfterResyncTarget)));
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    assert_eq!(p.n[0].e.state().pdsk, DiskState::UpToDate);
+    assert_eq!(p.n[1].e.state().peer, Role::Primary);
+    assert_eq!(p.n[0].e.out_of_sync_blocks(), 0);
+    assert_eq!(p.n[1].e.out_of_sync_blocks(), 0);
+    let (a, b) = (p.n[0].e.uuids(), p.n[1].e.uuids());
+    let masked =
+        |u: GenerationUuids| [u.current, u.bitmap, u.history[0], u.history[1]].map(|x| x.masked());
+    assert_eq!(masked(a), masked(b), "{a} vs {b}");
+    p.assert_identical();
+    // Both superblocks say UpToDate and agree after the resync.
+    assert_eq!(p.n[1].d.superblock().uuids, p.n[1].e.uuids());
+}
+
+#[test]
+fn protocol_c_completes_only_after_the_peer_wrote() {
+    let mut p = Pair::synced(Protocol::C);
+    p.n[1].hold_disk = true;
+    let req = p.submit(0, write(1 << 20, 9, 8192));
+    assert!(!p.n[0].completed(req), "completed before the peer's disk");
+    assert_eq!(p.n[0].e.status().counters.pe, 1);
+    let held = std::mem::take(&mut p.n[1].held);
+    p.n[1].hold_disk = false;
+    for (op, kind) in held {
+        let r = p.n[1].d.perform(&kind);
+        p.n[1].e.disk_done(op, r);
+    }
+    p.settle();
+    assert!(p.n[0].completed(req));
+    assert_eq!(p.n[0].e.status().counters.pe, 0);
+    assert_eq!(p.n[0].e.out_of_sync_blocks(), 0);
+    p.assert_identical();
+    assert!(p.n[0].e.status().counters.ns >= 8);
+    assert!(p.n[1].e.status().counters.nr >= 8);
+}
+
+#[test]
+fn protocol_a_completes_on_send_and_b_on_receipt() {
+    for (protocol, completes_without_peer_disk) in [(Protocol::A, true), (Protocol::B, true)] {
+        let mut p = Pair::synced(protocol);
+        p.n[1].hold_disk = true;
+        let req = p.submit(0, write(0, 3, 4096));
+        assert_eq!(
+            p.n[0].completed(req),
+            completes_without_peer_disk,
+            "{protocol:?}"
+        );
+        // Not forgotten: the epoch is unconfirmed until the peer's disk is done.
+        assert_eq!(p.n[0].e.requests.len(), 1, "{protocol:?}");
+        p.cut();
+        assert_eq!(
+            p.n[0].e.out_of_sync_blocks(),
+            1,
+            "{protocol:?}: an unconfirmed write is out of sync after the link is lost"
+        );
+    }
+}
+
+#[test]
+fn flush_waits_for_the_peer_flush() {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(0, 1, 4096));
+    p.n[1].hold_disk = true;
+    let req = p.submit(0, Request::Flush);
+    assert!(!p.n[0].completed(req));
+    assert!(p.n[1].held.iter().any(|(_, k)| *k == DiskOp::Flush));
+    let held = std::mem::take(&mut p.n[1].held);
+    p.n[1].hold_disk = false;
+    for (op, kind) in held {
+        let r = p.n[1].d.perform(&kind);
+        p.n[1].e.disk_done(op, r);
+    }
+    p.settle();
+    assert!(p.n[0].completed(req));
+}
+
+#[test]
+fn disconnected_writes_resync_only_what_changed() {
+    let mut p = Pair::synced(Protocol::C);
+    p.cut();
+    assert_eq!(
+        p.conns(),
+        (ConnState::WFConnection, ConnState::WFConnection)
+    );
+    let before = p.n[0].e.uuids();
+    assert_ne!(
+        before.bitmap.0, 0,
+        "a Primary losing its peer starts a new generation"
+    );
+    // 1% of the volume, in 64 KiB pieces.
+    let size = p.n[0].e.size;
+    let mut written = 0;
+    let mut at = 0;
+    while written < size / 100 {
+        p.submit(0, write(at, 5, 65536));
+        written += 65536;
+        at += (size / 50) & !4095;
+    }
+    let oos = p.n[0].e.out_of_sync_blocks();
+    assert_eq!(oos * 4096, written);
+    assert_eq!(
+        p.n[1].e.out_of_sync_blocks(),
+        0,
+        "the Secondary saw no writes"
+    );
+    p.n[1].events.clear();
+    p.connect();
+    assert!(
+        p.n[1].logged("uuid_compare()=-1 by rule 50"),
+        "{:?}",
+        p.n[1].logs()
+    );
+    let synced: u64 = p.n[1]
+        .logs()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("Began resync as SyncTarget (will sync ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|k| k.parse().ok())
+        })
+        .unwrap();
+    assert_eq!(
+        synced * 1024,
+        written,
+        "only the changed blocks are resynced"
+    );
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    p.assert_identical();
+}
+
+#[test]
+fn new_current_uuid_clear_bitmap_skips_the_initial_sync() {
+    let mut p = Pair::new(Protocol::C);
+    p.connect();
+    p.n[0]
+        .e
+        .command(Command::NewCurrentUuid { clear_bitmap: true }, false)
+        .unwrap();
+    p.settle();
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert!(p.n[0].logged("Preparing to skip initial sync"));
+    assert!(!p.n[1].logged("Began resync"));
+    assert_eq!(
+        p.n[0].e.uuids().current.masked(),
+        p.n[1].e.uuids().current.masked()
+    );
+}
+
+#[test]
+fn split_brain_is_detected_and_both_go_standalone() {
+    let mut p = Pair::synced(Protocol::C);
+    p.cut();
+    p.n[1]
+        .e
+        .command(Command::Primary { force: false }, false)
+        .unwrap();
+    p.settle();
+    p.submit(0, write(0, 1, 4096));
+    p.submit(1, write(8192, 2, 4096));
+    p.connect();
+    for i in 0..2 {
+        assert!(
+            p.n[i].logged("Split-Brain detected but unresolved, dropping connection!"),
+            "node {i}: {:?}",
+            p.n[i].logs()
+        );
+        assert!(p.n[i].events.contains(&Event::Handler(Handler::SplitBrain)));
+    }
+    assert_eq!(p.conns(), (ConnState::StandAlone, ConnState::StandAlone));
+}
+
+#[test]
+fn unrelated_data_never_syncs() {
+    let mut p = Pair::new(Protocol::C);
+    // Two volumes that were never one: no UUID in common.
+    for (i, base) in [(0, 0x1000u64), (1, 0x2000)] {
+        p.n[i].e.sb.uuids = GenerationUuids {
+            current: Uuid(base),
+            bitmap: Uuid(base + 0x10),
+            history: [Uuid(base + 0x20), Uuid(base + 0x30)],
+        };
+        p.n[i].e.state.disk = DiskState::UpToDate;
+    }
+    p.connect();
+    assert!(p.n[0].logged("Unrelated data, aborting!"));
+    assert_eq!(p.conns(), (ConnState::StandAlone, ConnState::StandAlone));
+    assert!(!p.n[1].logged("Began resync"));
+}
+
+#[test]
+fn crashed_primary_comes_back_as_target_of_the_promoted_secondary() {
+    let mut p = Pair::synced(Protocol::C);
+    let r = p.submit(0, write(4096, 0xAA, 4096));
+    assert!(p.n[0].completed(r));
+    // Node 0 dies: its engine is gone, its disk keeps what reached it.
+    p.wire = [VecDeque::new(), VecDeque::new()];
+    p.open = [false, false];
+    p.n[1].e.peer_lost();
+    p.settle();
+    p.n[1]
+        .e
+        .command(Command::Primary { force: false }, false)
+        .unwrap();
+    p.settle();
+    assert_eq!(
+        p.n[1].d.get(4096, 4096),
+        &[0xAA; 4096][..],
+        "acked write on the peer"
+    );
+    p.submit(1, write(1 << 20, 0xBB, 4096));
+    // Node 0 restarts from its disk.
+    let mut cfg = config(61);
+    cfg.seed = 9;
+    cfg.net = Some(net_config(Protocol::C));
+    let d = &mut p.n[0].d;
+    let mut e = Engine::attach(cfg, d.on_disk()).unwrap();
+    settle(&mut e, d);
+    e.command(Command::Connect, false).unwrap();
+    settle(&mut e, d);
+    assert!(e.crashed_primary);
+    p.n[0].e = e;
+    p.n[0].events.clear();
+    p.connect();
+    assert!(
+        p.n[0].logged("Began resync as SyncTarget"),
+        "{:?}",
+        p.n[0].logs()
+    );
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}
+
+#[test]
+fn resync_keeps_to_the_configured_rate() {
+    let mut p = Pair::new(Protocol::C);
+    for n in &mut p.n {
+        if let Some(net) = n.e.cfg.net.as_mut() {
+            net.resync_rate_kib = 10_240;
+        }
+    }
+    p.connect();
+    let start = p.now;
+    p.n[0]
+        .e
+        .command(Command::Primary { force: true }, false)
+        .unwrap();
+    p.settle();
+    let took = p.now - start;
+    let kib = p.n[0].e.size / 1024;
+    let expected = Duration::from_secs_f64(kib as f64 / 10_240.0);
+    let ratio = took.as_secs_f64() / expected.as_secs_f64();
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "took {took:?}, expected {expected:?}"
+    );
+}
+
+#[test]
+fn writes_during_resync_win_over_older_resync_data() {
+    let mut p = Pair::new(Protocol::C);
+    for n in &mut p.n {
+        if let Some(net) = n.e.cfg.net.as_mut() {
+            net.resync_rate_kib = 4096;
+        }
+    }
+    p.connect();
+    p.n[0]
+        .e
+        .command(Command::Primary { force: true }, false)
+        .unwrap();
+    // Interleave application writes with the resync's ticks.
+    for i in 0..200u64 {
+        while p.step() {}
+        let at = (i * 7919 % 1000) * 65536;
+        let req = p.n[0].e.submit(write(at, i as u8, 8192)).unwrap();
+        while p.step() {}
+        assert!(p.n[0].completed(req));
+        if let Some(t) = p.n[1].e.next_tick() {
+            p.now = t;
+            p.n[1].e.tick(t);
+        }
+    }
+    p.settle();
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}

@@ -1,0 +1,1218 @@
+//! The engine's peer half: the connect-time handshake (sizes, UUIDs, states, the UUID rules,
+//! the bitmap exchange), mirrored writes with their acks and epochs on the Primary, and the
+//! Secondary's side of them. The resync itself is in [`super::resync`].
+//!
+//! The daemon establishes the link (versions, authentication, `P_PROTOCOL` agreement, see
+//! [`crate::link`]) and then calls [`Engine::peer_connected`]; it feeds every later packet to
+//! [`Engine::receive`] and reports a broken link with [`Engine::peer_lost`].
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::resync::Resync;
+use super::{After, Engine, OpFor, Output, ReqId, Request};
+use crate::bitmap::BLOCK_BYTES;
+use crate::state::{lost_contact_to_peer_data, ConnState, DiskState, NodeState, Role};
+use crate::types::{Sector, Uuid};
+use crate::uuid::{
+    uuid_compare, CompareOptions, Correction, GenerationUuids, HandshakeSide, UuidFlags,
+};
+use crate::wire::{
+    AckKind, DataFlags, DataKind, IntegrityAlg, Packet, PeerState, Protocol, MAX_VERSION,
+};
+
+/// The `net` options the engine uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConfig {
+    pub protocol: Protocol,
+    pub two_primaries: bool,
+    pub integrity: Option<IntegrityAlg>,
+    /// `resync-rate` in KiB/s (`c-plan-ahead 0` semantics: a fixed rate).
+    pub resync_rate_kib: u64,
+}
+
+/// What the link agreed on, handed to [`Engine::peer_connected`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkParams {
+    pub protocol: Protocol,
+    pub integrity: Option<IntegrityAlg>,
+    /// This node breaks ties in the handshake (DRBD: the node that holds the
+    /// resolve-conflicts flag); exactly one side sets it.
+    pub resolve_conflicts: bool,
+    /// `--discard-my-data` was given here.
+    pub discard_my_data: bool,
+}
+
+/// Handler scripts of the `handlers` section the engine asks the daemon to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    InitialSplitBrain,
+    SplitBrain,
+    BeforeResyncTarget,
+    AfterResyncTarget,
+}
+
+impl Handler {
+    /// The handler's name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Handler::InitialSplitBrain => "initial-split-brain",
+            Handler::SplitBrain => "split-brain",
+            Handler::BeforeResyncTarget => "before-resync-target",
+            Handler::AfterResyncTarget => "after-resync-target",
+        }
+    }
+}
+
+/// Where a request's network part stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Net {
+    /// Not mirrored (no peer, a read, or the link went away).
+    NotSent,
+    /// Sent; the ack the protocol asks for has not arrived.
+    Waiting,
+    /// The protocol's condition is met; waiting for the epoch's barrier ack.
+    Acked,
+    /// The peer could not write it (`P_NEG_ACK`); its range goes out of sync.
+    Failed,
+    /// The epoch was confirmed (`NET_DONE`).
+    Done,
+}
+
+impl Net {
+    /// The protocol's condition for completing to the block layer holds.
+    pub(super) fn satisfied(self) -> bool {
+        self != Net::Waiting
+    }
+
+    /// Nothing more will arrive for it.
+    pub(super) fn finished(self) -> bool {
+        matches!(self, Net::NotSent | Net::Done)
+    }
+
+    /// The peer holds (or will hold, under A and B) the data.
+    pub(super) fn peer_has_data(self) -> bool {
+        matches!(self, Net::Acked | Net::Done)
+    }
+
+    pub(super) fn is_mirrored(self) -> bool {
+        self != Net::NotSent
+    }
+
+    /// Counts in `pe:`.
+    pub(super) fn pending(self) -> bool {
+        matches!(self, Net::Waiting | Net::Acked)
+    }
+}
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Waiting for the peer's sizes, UUIDs and state.
+    ReportParams,
+    /// Bitmaps are being exchanged before a resync in this direction.
+    Bitmaps { source: bool },
+    /// The target waits for the source's sync UUID.
+    WaitSyncUuid,
+    /// Connected, syncing or not.
+    Running,
+}
+
+/// What the peer told us in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PeerUuids {
+    pub uuids: GenerationUuids,
+    pub bits: u64,
+    pub flags: UuidFlags,
+}
+
+/// One established connection.
+#[derive(Debug)]
+pub(super) struct Peer {
+    pub gen: u64,
+    pub params: LinkParams,
+    pub phase: Phase,
+    pub sizes: Option<u64>,
+    pub uuids: Option<PeerUuids>,
+    pub state: Option<PeerState>,
+    pub bitmap_received: bool,
+    pub bitmap_sent: bool,
+    /// The epoch new writes join, and how many were sent in it.
+    pub epoch: u32,
+    pub epoch_writes: u32,
+    /// The Secondary's view of the Primary's epochs.
+    pub epochs: BTreeMap<u32, RecvEpoch>,
+    pub resync: Option<Resync>,
+}
+
+/// An epoch of writes received from the Primary.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct RecvEpoch {
+    pub received: u32,
+    pub done: u32,
+    /// `P_BARRIER` arrived; with a flush request when `Some(true)`.
+    pub barrier: Option<bool>,
+    pub flushing: bool,
+}
+
+/// A write from the peer (a mirrored write or resync data), waiting for an overlapping write
+/// or in flight on the local disk.
+#[derive(Debug, Clone)]
+pub(super) struct PeerWrite {
+    pub link: u64,
+    pub id: u64,
+    pub epoch: u32,
+    pub offset: u64,
+    pub len: u64,
+    pub kind: DataKind,
+    pub flags: DataFlags,
+    pub data: Bytes,
+    /// Resync data (`P_RS_DATA_REPLY`) rather than a mirrored write.
+    pub resync: bool,
+    pub issued: bool,
+}
+
+/// How many 64-bit words one `P_BITMAP` carries.
+const BITMAP_WORDS_PER_PACKET: u64 = 4096;
+
+impl Engine {
+    /// The wire protocol version agreed with the peer, 0 when unconnected. UUID rules that
+    /// depend on DRBD versions see DRBD's newest (tandem implements all of them).
+    pub(super) fn agreed_pro_version(&self) -> u32 {
+        if self.peer.is_some() {
+            crate::uuid::PRO_VERSION_MAX
+        } else {
+            0
+        }
+    }
+
+    pub(super) fn send(&mut self, packet: Packet) {
+        self.out.push_back(Output::Send(packet));
+    }
+
+    /// Sends `P_UUIDS` when connected.
+    pub(super) fn send_uuids(&mut self, extra: UuidFlags) {
+        if self.peer.is_none() {
+            return;
+        }
+        let mut flags = extra.0;
+        if self.crashed_primary {
+            flags |= UuidFlags::CRASHED_PRIMARY.0;
+        }
+        if self.state.disk == DiskState::Inconsistent {
+            flags |= UuidFlags::INCONSISTENT.0;
+        }
+        if self.peer.as_ref().is_some_and(|p| p.params.discard_my_data) {
+            flags |= UuidFlags::DISCARD_MY_DATA.0;
+        }
+        let packet = Packet::Uuids {
+            uuids: self.sb.uuids,
+            bitmap_bits: self.bitmap.count(),
+            flags,
+        };
+        self.send(packet);
+    }
+
+    /// Sends `P_STATE` when connected.
+    pub(super) fn send_state(&mut self) {
+        if self.peer.is_none() {
+            return;
+        }
+        let s = PeerState {
+            role: self.state.role,
+            disk: self.state.disk,
+        };
+        self.send(Packet::State(s));
+    }
+
+    /// Applies a state change the network imposes (DRBD's hard changes), sanitized.
+    pub(super) fn force_state(&mut self, f: impl FnOnce(&mut NodeState)) {
+        let mut ns = self.state;
+        f(&mut ns);
+        let ns = self.state.sanitize(ns);
+        self.set_state(ns);
+    }
+
+    pub(super) fn connect_command(&mut self) -> Result<(), super::CommandError> {
+        if self.cfg.net.is_none() {
+            return Err(super::CommandError::NoNetConfig);
+        }
+        if self.state.conn == ConnState::StandAlone {
+            self.force_state(|s| s.conn = ConnState::Unconnected);
+            self.force_state(|s| s.conn = ConnState::WFConnection);
+        }
+        Ok(())
+    }
+
+    /// Drops the link (if any) and goes StandAlone.
+    pub(super) fn disconnect_command(&mut self) {
+        if self.state.conn == ConnState::StandAlone {
+            return;
+        }
+        if self.peer.is_some() {
+            self.send(Packet::Disconnect);
+            self.out.push_back(Output::Disconnect { reconnect: false });
+            self.link_lost(ConnState::Disconnecting);
+        }
+        self.force_state(|s| s.conn = ConnState::StandAlone);
+    }
+
+    /// Whether the daemon should keep (re)connecting the link.
+    pub fn wants_link(&self) -> bool {
+        self.state.conn >= ConnState::Unconnected && !self.going_down
+    }
+
+    /// The link is established and agreed (see [`crate::link`]): exchange sizes, UUIDs and
+    /// states; the handshake decision follows when the peer's have arrived.
+    pub fn peer_connected(&mut self, params: LinkParams) {
+        if self.peer.is_some() || !self.wants_link() {
+            self.out.push_back(Output::Disconnect { reconnect: false });
+            return;
+        }
+        self.link_gen += 1;
+        self.peer = Some(Peer {
+            gen: self.link_gen,
+            params,
+            phase: Phase::ReportParams,
+            sizes: None,
+            uuids: None,
+            state: None,
+            bitmap_received: false,
+            bitmap_sent: false,
+            epoch: 0,
+            epoch_writes: 0,
+            epochs: BTreeMap::new(),
+            resync: None,
+        });
+        self.force_state(|s| s.conn = ConnState::WFReportParams);
+        let backing = if self.state.disk > DiskState::Diskless {
+            self.size
+        } else {
+            0
+        };
+        self.send(Packet::Sizes {
+            backing,
+            requested: 0,
+            current: self.size,
+        });
+        self.send_uuids(UuidFlags::default());
+        self.send_state();
+    }
+
+    /// The link broke (`NetworkFailure`); the node waits for the peer again.
+    pub fn peer_lost(&mut self) {
+        if self.peer.is_none() {
+            return;
+        }
+        self.link_lost(ConnState::NetworkFailure);
+        if self.state.conn != ConnState::StandAlone {
+            self.force_state(|s| s.conn = ConnState::Unconnected);
+            self.force_state(|s| s.conn = ConnState::WFConnection);
+        }
+    }
+
+    /// Ends a connection because of a protocol violation; the link reconnects.
+    pub(super) fn protocol_error(&mut self, what: String) {
+        self.log(format!("protocol error: {what}"));
+        self.out.push_back(Output::Disconnect { reconnect: true });
+        self.link_lost(ConnState::ProtocolError);
+        self.force_state(|s| s.conn = ConnState::Unconnected);
+        self.force_state(|s| s.conn = ConnState::WFConnection);
+    }
+
+    /// Ends a connection for good (split brain, unrelated data, a refused size): StandAlone
+    /// until the operator connects again.
+    fn abort_connection(&mut self, why: &str) {
+        self.log(why.to_owned());
+        self.out.push_back(Output::Disconnect { reconnect: false });
+        self.link_lost(ConnState::Disconnecting);
+        self.force_state(|s| s.conn = ConnState::StandAlone);
+    }
+
+    /// Forgets the connection: whatever the peer did not confirm is out of sync, requests
+    /// waiting for the peer complete on their local result, a Primary that loses its peer's
+    /// data starts a new generation.
+    fn link_lost(&mut self, via: ConnState) {
+        let Some(_peer) = self.peer.take() else {
+            return;
+        };
+        let old = self.state;
+        let mut lost: Vec<ReqId> = Vec::new();
+        for (req, p) in &mut self.requests {
+            if p.net.is_mirrored() && p.net != super::peer::Net::Done {
+                if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
+                    let _ = self.bitmap.set_bytes(offset, len);
+                }
+                p.net = Net::NotSent;
+                lost.push(*req);
+            }
+        }
+        lost.sort();
+        self.force_state(|s| s.conn = via);
+        if lost_contact_to_peer_data(old.pdsk, self.state.pdsk)
+            && self.sb.uuids.needs_new_current_on_peer_loss(&self.state)
+        {
+            let random = self.rng.next_u64();
+            self.sb.uuids.new_current(random, self.state.role);
+            self.log(format!("new current UUID {}", self.sb.uuids.current));
+            self.write_superblock(After::Superblock);
+        } else {
+            self.write_superblock(After::Nothing);
+        }
+        self.queue_dirty_pages();
+        self.pump_meta();
+        for req in lost {
+            self.maybe_complete(req);
+        }
+        self.admit_peer_writes();
+    }
+
+    /// A packet from the peer.
+    pub fn receive(&mut self, packet: Packet, now: crate::time::Instant) {
+        if self.peer.is_none() {
+            return;
+        }
+        match packet {
+            Packet::Sizes { backing, .. } => self.on_sizes(backing),
+            Packet::Uuids {
+                uuids,
+                bitmap_bits,
+                flags,
+            } => self.on_uuids(uuids, bitmap_bits, UuidFlags(flags)),
+            Packet::State(s) => self.on_state(s, now),
+            Packet::Bitmap {
+                offset,
+                words,
+                last,
+            } => self.on_bitmap(offset, &words, last, now),
+            Packet::SyncUuid { uuid } => self.on_sync_uuid(Uuid(uuid), now),
+            Packet::Data {
+                id,
+                sector,
+                len,
+                kind,
+                flags,
+                epoch,
+                digest,
+                data,
+            } => self.on_data(id, sector, len, kind, flags, epoch, digest, data),
+            Packet::Ack {
+                kind,
+                id,
+                sector,
+                len,
+            } => self.on_ack(kind, id, sector, len),
+            Packet::Barrier { epoch, flush } => self.on_barrier(epoch, flush),
+            Packet::BarrierAck { epoch, writes } => self.on_barrier_ack(epoch, writes),
+            Packet::RsRequest { id, sector, len } => self.on_rs_request(id, sector, len),
+            Packet::RsReply {
+                id,
+                sector,
+                digest,
+                data,
+            } => self.on_rs_reply(id, sector, digest, data, now),
+            Packet::RsNegReply { id, sector, len } => self.on_rs_neg_reply(id, sector, len, now),
+            Packet::OutOfSync { sector, len } => {
+                let _ = self.bitmap.set_bytes(sector.bytes(), u64::from(len));
+            }
+            Packet::Disconnect => {
+                self.log("peer closed the connection".into());
+                self.link_lost(ConnState::Disconnecting);
+                self.force_state(|s| s.conn = ConnState::Unconnected);
+                self.force_state(|s| s.conn = ConnState::WFConnection);
+            }
+            other => self.protocol_error(format!("unexpected {other:?} on a volume")),
+        }
+    }
+
+    // ---- handshake ----
+
+    fn on_sizes(&mut self, backing: u64) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        peer.sizes = Some(backing);
+        if backing == 0 || backing >= self.size {
+            return;
+        }
+        if self.state.disk >= DiskState::Outdated {
+            let why = format!(
+                "The peer's disk size is too small! ({} < {} sectors)",
+                backing / Sector::SIZE,
+                self.size / Sector::SIZE
+            );
+            self.abort_connection(&why);
+            return;
+        }
+        // Fresh or Inconsistent data: the device takes the smaller size.
+        let old = self.size;
+        self.size = backing - backing % Sector::SIZE;
+        self.sb.la_size = Sector(self.size / Sector::SIZE);
+        let first = self.size.div_ceil(BLOCK_BYTES);
+        let _ = self.bitmap.clear_bits(first..self.bitmap.bits());
+        self.log(format!(
+            "size = {} KB (was {} KB): the peer's disk is smaller",
+            self.size / 1024,
+            old / 1024
+        ));
+    }
+
+    fn on_uuids(&mut self, uuids: GenerationUuids, bits: u64, flags: UuidFlags) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let received = PeerUuids { uuids, bits, flags };
+        let phase = peer.phase;
+        peer.uuids = Some(received);
+        if phase == Phase::Running && self.state.conn == ConnState::Connected {
+            let state = self.state;
+            if self
+                .sb
+                .uuids
+                .accept_skip_initial_sync(&uuids, flags, &state, MAX_VERSION.max(90))
+            {
+                self.log("Accepting skip initial sync from peer".into());
+                self.skip_initial_sync();
+                self.write_superblock(After::Superblock);
+                self.send_state();
+            }
+        }
+    }
+
+    /// Both disks become UpToDate without a resync (`new-current-uuid --clear-bitmap` on
+    /// fresh metadata while connected).
+    pub(super) fn skip_initial_sync(&mut self) {
+        self.clear_bitmap();
+        self.force_state(|s| {
+            s.disk = DiskState::UpToDate;
+            s.pdsk = DiskState::UpToDate;
+        });
+    }
+
+    fn on_state(&mut self, s: PeerState, now: crate::time::Instant) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let first = peer.state.is_none();
+        peer.state = Some(s);
+        let phase = peer.phase;
+        if phase == Phase::ReportParams {
+            if first {
+                self.maybe_handshake(now);
+            }
+            return;
+        }
+        // The peer's role and disk as it reports them, within what the connection allows.
+        let syncing = self.state.conn > ConnState::Connected;
+        self.force_state(|ns| {
+            ns.peer = s.role;
+            if !syncing {
+                ns.pdsk = s.disk;
+            }
+        });
+        if phase == Phase::Running && self.state.conn == ConnState::Connected {
+            let (me, them) = (self.state.disk, s.disk);
+            let inconsistent = DiskState::Inconsistent;
+            if (me == inconsistent && them == DiskState::UpToDate)
+                || (me == DiskState::UpToDate && them == inconsistent)
+            {
+                self.sync_handshake(now);
+            }
+        }
+    }
+
+    /// Runs the handshake once the peer's sizes, UUIDs and state are in.
+    fn maybe_handshake(&mut self, now: crate::time::Instant) {
+        let ready = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.sizes.is_some() && p.uuids.is_some() && p.state.is_some());
+        if ready {
+            self.sync_handshake(now);
+        }
+    }
+
+    /// DRBD's `drbd_sync_handshake`: the UUID rules, then disk states, split brain and the
+    /// role checks decide between no resync, SyncSource, SyncTarget and dropping the link.
+    fn sync_handshake(&mut self, now: crate::time::Instant) {
+        let Some(peer) = self.peer.as_ref() else {
+            return;
+        };
+        let (Some(theirs), Some(their_state)) = (peer.uuids, peer.state) else {
+            return;
+        };
+        let params = peer.params;
+        let mut my_flags = UuidFlags::default();
+        if self.crashed_primary {
+            my_flags = UuidFlags(my_flags.0 | UuidFlags::CRASHED_PRIMARY.0);
+        }
+        let me = HandshakeSide {
+            uuids: self.sb.uuids,
+            role: self.state.role,
+            flags: my_flags,
+        };
+        let them = HandshakeSide {
+            uuids: theirs.uuids,
+            role: their_state.role,
+            flags: theirs.flags,
+        };
+        let opts = CompareOptions {
+            resolve_conflicts: params.resolve_conflicts,
+            ..CompareOptions::default()
+        };
+        let verdict = uuid_compare(&me, &them, &opts);
+        if let Some(note) = verdict.note() {
+            self.log(note.to_owned());
+        }
+        self.log(verdict.to_string());
+        match verdict.correction {
+            Some(Correction::Mine(fixed)) => {
+                self.sb.uuids = fixed;
+                self.write_superblock(After::Nothing);
+            }
+            Some(Correction::Peer(fixed)) => {
+                if let Some(p) = self.peer.as_mut() {
+                    if let Some(u) = p.uuids.as_mut() {
+                        u.uuids = fixed;
+                    }
+                }
+            }
+            None => {}
+        }
+        if let Some(msg) = verdict.abort_message() {
+            self.abort_connection(&msg);
+            return;
+        }
+        let mut result = verdict.result;
+        let my_disk = self.state.disk;
+        let peer_disk = if theirs.flags.contains(UuidFlags::INCONSISTENT) {
+            DiskState::Inconsistent
+        } else {
+            their_state.disk
+        };
+        let inconsistent = DiskState::Inconsistent;
+        if (my_disk == inconsistent && peer_disk > inconsistent)
+            || (peer_disk == inconsistent && my_disk > inconsistent)
+        {
+            let full = result == -100 || result.abs() == 2;
+            let sign = if my_disk > inconsistent { 1 } else { -1 };
+            result = sign * if full { 2 } else { 1 };
+            self.log(format!(
+                "Becoming sync {} due to disk states.",
+                if sign > 0 { "source" } else { "target" }
+            ));
+        } else {
+            if result.abs() == 100 {
+                self.emit_handler(super::Handler::InitialSplitBrain);
+            }
+            if result == -100 || result == 100 {
+                let mine = params.discard_my_data;
+                let theirs_discard = theirs.flags.contains(UuidFlags::DISCARD_MY_DATA);
+                if mine && !theirs_discard {
+                    result = -2;
+                    self.log("Split-Brain detected, manually solved. Sync from peer node".into());
+                } else if theirs_discard && !mine {
+                    result = 2;
+                    self.log("Split-Brain detected, manually solved. Sync from this node".into());
+                } else {
+                    self.log("Split-Brain detected but unresolved, dropping connection!".into());
+                    self.emit_handler(super::Handler::SplitBrain);
+                    self.abort_connection("Split-Brain detected, dropping connection!");
+                    return;
+                }
+            }
+        }
+        if result > 0 && my_disk == inconsistent {
+            self.abort_connection("I shall become SyncSource, but I am inconsistent!");
+            return;
+        }
+        if result < 0 && self.state.role == Role::Primary && my_disk >= DiskState::Outdated {
+            self.abort_connection("I shall become SyncTarget, but I am primary!");
+            return;
+        }
+        if result.abs() >= 2 {
+            self.log(
+                "Writing the whole bitmap, full sync required after drbd_sync_handshake.".into(),
+            );
+            self.set_all_bits_within_size();
+        }
+        match result {
+            0 => {
+                if self.bitmap.count() > 0 {
+                    let n = self.bitmap.count();
+                    self.log(format!("No resync, but {n} bits in bitmap!"));
+                }
+                if let Some(p) = self.peer.as_mut() {
+                    p.phase = Phase::Running;
+                }
+                self.force_state(|s| {
+                    s.conn = ConnState::Connected;
+                    s.peer = their_state.role;
+                    s.pdsk = peer_disk;
+                });
+                self.write_superblock(After::Nothing);
+            }
+            r => self.start_bitmap_exchange(r > 0, their_state, peer_disk, now),
+        }
+    }
+
+    pub(super) fn emit_handler(&mut self, h: super::Handler) {
+        self.out.push_back(Output::Event(super::Event::Handler(h)));
+    }
+
+    fn set_all_bits_within_size(&mut self) {
+        let bits = self.size.div_ceil(BLOCK_BYTES);
+        let _ = self.bitmap.set_bits(0..bits);
+        self.queue_dirty_pages();
+        self.pump_meta();
+    }
+
+    /// WFBitMapS/T: send our bitmap (only the words with bits set, then `last`).
+    fn start_bitmap_exchange(
+        &mut self,
+        source: bool,
+        their: PeerState,
+        peer_disk: DiskState,
+        now: crate::time::Instant,
+    ) {
+        let conn = if source {
+            ConnState::WFBitMapS
+        } else {
+            ConnState::WFBitMapT
+        };
+        if let Some(p) = self.peer.as_mut() {
+            p.phase = Phase::Bitmaps { source };
+            p.bitmap_sent = true;
+        }
+        self.force_state(|s| {
+            s.conn = conn;
+            s.peer = their.role;
+            s.pdsk = peer_disk;
+            if source {
+                s.pdsk = DiskState::Inconsistent;
+            } else {
+                s.disk = DiskState::Inconsistent;
+            }
+        });
+        let words = self.bitmap.word_count();
+        let mut at = 0;
+        while at < words {
+            let end = (at + BITMAP_WORDS_PER_PACKET).min(words);
+            let chunk = self.bitmap.words(at..end);
+            if chunk.iter().any(|w| *w != 0) {
+                let packet = Packet::Bitmap {
+                    offset: at,
+                    words: chunk.to_vec(),
+                    last: false,
+                };
+                self.send(packet);
+            }
+            at = end;
+        }
+        self.send(Packet::Bitmap {
+            offset: words,
+            words: Vec::new(),
+            last: true,
+        });
+        self.maybe_bitmaps_done(now);
+    }
+
+    fn on_bitmap(&mut self, offset: u64, words: &[u64], last: bool, now: crate::time::Instant) {
+        let Some(peer) = self.peer.as_ref() else {
+            return;
+        };
+        match peer.phase {
+            Phase::Bitmaps { .. } => {}
+            // The peer decided first (after an invalidate or a forced promotion): decide
+            // too; the same inputs give the mirrored verdict.
+            Phase::Running if self.state.conn == ConnState::Connected => {
+                self.sync_handshake(now);
+                if !matches!(
+                    self.peer.as_ref().map(|p| p.phase),
+                    Some(Phase::Bitmaps { .. })
+                ) {
+                    self.protocol_error("P_BITMAP while no resync was decided".into());
+                    return;
+                }
+            }
+            _ => {
+                self.protocol_error("P_BITMAP outside the bitmap exchange".into());
+                return;
+            }
+        }
+        let mine = self.bitmap.word_count();
+        if offset < mine {
+            let n = words.len().min((mine - offset) as usize);
+            let _ = self.bitmap.or_words(offset, &words[..n]);
+            let first = self.size.div_ceil(BLOCK_BYTES);
+            let _ = self.bitmap.clear_bits(first..self.bitmap.bits());
+        }
+        if last {
+            if let Some(p) = self.peer.as_mut() {
+                p.bitmap_received = true;
+            }
+            self.queue_dirty_pages();
+            self.pump_meta();
+            self.maybe_bitmaps_done(now);
+        }
+    }
+
+    /// After both bitmaps crossed: the source starts with a new sync UUID, the target waits
+    /// for it.
+    fn maybe_bitmaps_done(&mut self, now: crate::time::Instant) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let Phase::Bitmaps { source } = peer.phase else {
+            return;
+        };
+        if !(peer.bitmap_sent && peer.bitmap_received) {
+            return;
+        }
+        peer.bitmap_sent = false;
+        peer.bitmap_received = false;
+        if source {
+            let random = self.rng.next_u64();
+            let sync = self.sb.uuids.start_resync_as_source(random);
+            self.write_superblock(After::Nothing);
+            self.send(Packet::SyncUuid { uuid: sync.0 });
+            self.start_resync(true, now);
+        } else {
+            if let Some(p) = self.peer.as_mut() {
+                p.phase = Phase::WaitSyncUuid;
+            }
+            self.force_state(|s| s.conn = ConnState::WFSyncUUID);
+        }
+    }
+
+    fn on_sync_uuid(&mut self, uuid: Uuid, now: crate::time::Instant) {
+        if self.peer.as_ref().map(|p| p.phase) != Some(Phase::WaitSyncUuid) {
+            self.protocol_error("P_SYNC_UUID while not waiting for it".into());
+            return;
+        }
+        let role = self.state.role;
+        self.sb.uuids.receive_sync_uuid(uuid, role);
+        self.write_superblock(After::Nothing);
+        self.emit_handler(super::Handler::BeforeResyncTarget);
+        self.start_resync(false, now);
+    }
+
+    // ---- the Primary's side of mirrored writes ----
+
+    /// Whether writes go to the peer now (`drbd_should_do_remote`).
+    fn mirroring(&self) -> bool {
+        self.peer
+            .as_ref()
+            .is_some_and(|p| p.phase == Phase::Running)
+            && self.state.conn >= ConnState::Connected
+            && self.state.pdsk >= DiskState::Inconsistent
+            && self.state.pdsk != DiskState::DUnknown
+    }
+
+    /// Sends a write to the peer; false when it is not mirrored.
+    pub(super) fn mirror_write(&mut self, req: ReqId, request: &Request) -> bool {
+        if !self.mirroring() {
+            return false;
+        }
+        let Some((offset, len)) = request.range() else {
+            return false;
+        };
+        let (Some(net), Some(peer)) = (self.cfg.net, self.peer.as_mut()) else {
+            return false;
+        };
+        let syncing = self.state.conn.is_sync();
+        let mut flags = DataFlags::default();
+        let (kind, data, fua) = match request {
+            Request::Write { data, fua, .. } => (DataKind::Write, data.clone(), *fua),
+            Request::Trim { .. } => (DataKind::Trim, Bytes::new(), false),
+            Request::WriteZeroes { fua, .. } => (DataKind::Zeroes, Bytes::new(), *fua),
+            _ => return false,
+        };
+        if fua {
+            flags = flags.with(DataFlags::FUA);
+        }
+        let protocol = peer.params.protocol;
+        match protocol {
+            Protocol::B => flags = flags.with(DataFlags::SEND_RECV_ACK),
+            Protocol::C => flags = flags.with(DataFlags::SEND_WRITE_ACK),
+            Protocol::A => {}
+        }
+        if syncing {
+            flags = flags
+                .with(DataFlags::SEND_WRITE_ACK)
+                .with(DataFlags::MAY_SET_IN_SYNC);
+        }
+        let epoch = peer.epoch;
+        peer.epoch_writes += 1;
+        let digest = net.integrity.map(|_| crc32c::crc32c(&data));
+        let Ok(len32) = u32::try_from(len) else {
+            return false;
+        };
+        self.counters.ns += len / 1024;
+        self.send(Packet::Data {
+            id: req.0,
+            sector: Sector(offset / Sector::SIZE),
+            len: len32,
+            kind,
+            flags,
+            epoch,
+            digest,
+            data,
+        });
+        if let Some(p) = self.requests.get_mut(&req) {
+            p.epoch = epoch;
+            p.net = if protocol == Protocol::A {
+                Net::Acked
+            } else {
+                Net::Waiting
+            };
+        }
+        true
+    }
+
+    /// A FLUSH closes the epoch with a flushing barrier and completes when the peer acked it.
+    pub(super) fn mirror_flush(&mut self, req: ReqId) {
+        if !self.mirroring() {
+            return;
+        }
+        let Some(epoch) = self.peer.as_ref().map(|p| p.epoch) else {
+            return;
+        };
+        if let Some(p) = self.requests.get_mut(&req) {
+            p.epoch = epoch;
+            p.net = Net::Waiting;
+        }
+        self.close_epoch(true);
+    }
+
+    /// Sends `P_BARRIER` for the current epoch (when it has writes, or always for a flush).
+    pub(super) fn close_epoch(&mut self, flush: bool) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        if peer.epoch_writes == 0 && !flush {
+            return;
+        }
+        let epoch = peer.epoch;
+        peer.epoch = peer.epoch.wrapping_add(1);
+        peer.epoch_writes = 0;
+        self.send(Packet::Barrier { epoch, flush });
+    }
+
+    /// During the bitmap exchange the target learns of new writes by `P_OUT_OF_SYNC`.
+    pub(super) fn send_out_of_sync(&mut self, offset: u64, len: u64) {
+        let exchanging = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| matches!(p.phase, Phase::Bitmaps { .. } | Phase::WaitSyncUuid));
+        if let (true, Ok(len)) = (exchanging, u32::try_from(len)) {
+            self.send(Packet::OutOfSync {
+                sector: Sector(offset / Sector::SIZE),
+                len,
+            });
+        }
+    }
+
+    fn on_ack(&mut self, kind: AckKind, id: u64, sector: Sector, len: u32) {
+        let req = ReqId(id);
+        let Some(p) = self.requests.get_mut(&req) else {
+            if kind == AckKind::RsWrite {
+                // An ack for resync data we sent as source.
+                self.rs_write_acked(sector, len);
+            }
+            return;
+        };
+        match kind {
+            AckKind::Recv | AckKind::Write if p.net == Net::Waiting => p.net = Net::Acked,
+            AckKind::RsWrite => {
+                if p.net == Net::Waiting {
+                    p.net = Net::Acked;
+                }
+                let _ = self.bitmap.clear_bytes(sector.bytes(), u64::from(len));
+                self.resync_progress();
+            }
+            AckKind::Neg => p.net = Net::Failed,
+            _ => {}
+        }
+        self.maybe_complete(req);
+    }
+
+    fn on_barrier_ack(&mut self, epoch: u32, writes: u32) {
+        let mut confirmed: Vec<ReqId> = Vec::new();
+        let mut count = 0;
+        for (req, p) in &mut self.requests {
+            if p.net.is_mirrored() && p.net != Net::Done && p.epoch == epoch {
+                if p.request.writes() {
+                    count += 1;
+                }
+                if p.net != Net::Failed {
+                    p.net = Net::Done;
+                }
+                confirmed.push(*req);
+            }
+        }
+        if count != writes {
+            self.protocol_error(format!(
+                "P_BARRIER_ACK for epoch {epoch} counts {writes} writes, {count} were sent"
+            ));
+            return;
+        }
+        confirmed.sort();
+        for req in confirmed {
+            if let Some(p) = self.requests.get_mut(&req) {
+                if p.net == Net::Failed {
+                    // Marked out of sync when destroyed; nothing more will come.
+                    p.net = Net::Done;
+                    if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
+                        let _ = self.bitmap.set_bytes(offset, len);
+                    }
+                }
+            }
+            self.maybe_complete(req);
+        }
+    }
+
+    // ---- the Secondary's side ----
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_data(
+        &mut self,
+        id: u64,
+        sector: Sector,
+        len: u32,
+        kind: DataKind,
+        flags: DataFlags,
+        epoch: u32,
+        digest: Option<u32>,
+        data: Bytes,
+    ) {
+        let offset = sector.bytes();
+        let len64 = u64::from(len);
+        if offset.checked_add(len64).is_none_or(|end| end > self.size) {
+            self.protocol_error(format!(
+                "P_DATA {offset}+{len} beyond the end ({} bytes)",
+                self.size
+            ));
+            return;
+        }
+        if let (Some(d), Some(_)) = (digest, self.cfg.net.and_then(|n| n.integrity)) {
+            if crc32c::crc32c(&data) != d {
+                self.log(format!(
+                    "Digest integrity check FAILED: {}s +{}",
+                    sector.0, len
+                ));
+                self.protocol_error("data integrity check failed".into());
+                return;
+            }
+        }
+        self.counters.nr += len64 / 1024;
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let link = peer.gen;
+        peer.epochs.entry(epoch).or_default().received += 1;
+        if flags.contains(DataFlags::SEND_RECV_ACK) {
+            self.send(Packet::Ack {
+                kind: AckKind::Recv,
+                id,
+                sector,
+                len,
+            });
+        }
+        if self.state.disk < DiskState::Inconsistent {
+            self.peer_write_finished(link, id, epoch, sector, len, flags, false, false);
+            return;
+        }
+        self.mark_resync_requests_stale(offset, len64);
+        let key = self.next_peer_write;
+        self.next_peer_write += 1;
+        self.peer_writes.insert(
+            key,
+            PeerWrite {
+                link,
+                id,
+                epoch,
+                offset,
+                len: len64,
+                kind,
+                flags,
+                data,
+                resync: false,
+                issued: false,
+            },
+        );
+        self.peer_wait.push_back(key);
+        self.admit_peer_writes();
+    }
+
+    /// Issues waiting peer writes that no in-flight write overlaps, in arrival order.
+    pub(super) fn admit_peer_writes(&mut self) {
+        let mut still: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+        while let Some(key) = self.peer_wait.pop_front() {
+            let Some(w) = self.peer_writes.get(&key) else {
+                continue;
+            };
+            let range = (w.offset, w.len);
+            let blocked = still.iter().any(|k| {
+                self.peer_writes
+                    .get(k)
+                    .is_some_and(|o| super::overlaps((o.offset, o.len), range))
+            }) || self.write_in_flight_over(range.0, range.1);
+            if blocked {
+                still.push_back(key);
+                continue;
+            }
+            let kind = match w.kind {
+                DataKind::Write => super::DiskOp::Write {
+                    offset: w.offset,
+                    data: w.data.clone(),
+                    fua: w.flags.contains(DataFlags::FUA),
+                },
+                DataKind::Trim => super::DiskOp::Trim {
+                    offset: w.offset,
+                    len: w.len as u32,
+                },
+                DataKind::Zeroes => super::DiskOp::WriteZeroes {
+                    offset: w.offset,
+                    len: w.len as u32,
+                    fua: w.flags.contains(DataFlags::FUA),
+                },
+            };
+            if let Some(w) = self.peer_writes.get_mut(&key) {
+                w.issued = true;
+            }
+            self.op(OpFor::PeerWrite(key), kind);
+        }
+        self.peer_wait = still;
+    }
+
+    pub(super) fn peer_write_done(&mut self, key: u64, result: super::DiskResult) {
+        let Some(w) = self.peer_writes.remove(&key) else {
+            return;
+        };
+        let ok = result != super::DiskResult::Failed;
+        if ok {
+            self.counters.dw += w.len / 1024;
+        } else {
+            self.log(format!(
+                "local disk I/O error writing {}+{} for the peer",
+                w.offset, w.len
+            ));
+            let _ = self.bitmap.set_bytes(w.offset, w.len);
+        }
+        let sector = Sector(w.offset / Sector::SIZE);
+        if w.resync {
+            self.rs_write_done(w.link, w.id, w.offset, w.len, ok);
+        } else {
+            self.peer_write_finished(
+                w.link,
+                w.id,
+                w.epoch,
+                sector,
+                w.len as u32,
+                w.flags,
+                ok,
+                true,
+            );
+        }
+        self.admit_peer_writes();
+        self.admit_waiting();
+        self.maybe_finish_down();
+    }
+
+    /// Acks a mirrored write and counts it into its epoch.
+    #[allow(clippy::too_many_arguments)]
+    fn peer_write_finished(
+        &mut self,
+        link: u64,
+        id: u64,
+        epoch: u32,
+        sector: Sector,
+        len: u32,
+        flags: DataFlags,
+        ok: bool,
+        wrote: bool,
+    ) {
+        let current = self.peer.as_ref().is_some_and(|p| p.gen == link);
+        if !current {
+            return;
+        }
+        let in_sync =
+            ok && wrote && flags.contains(DataFlags::MAY_SET_IN_SYNC) && self.state.conn.is_sync();
+        if in_sync {
+            let _ = self.bitmap.clear_bytes(sector.bytes(), u64::from(len));
+        }
+        let kind = if !ok {
+            AckKind::Neg
+        } else if in_sync {
+            AckKind::RsWrite
+        } else {
+            AckKind::Write
+        };
+        if !ok || flags.contains(DataFlags::SEND_WRITE_ACK) {
+            self.send(Packet::Ack {
+                kind,
+                id,
+                sector,
+                len,
+            });
+        }
+        if let Some(e) = self.peer.as_mut().and_then(|p| p.epochs.get_mut(&epoch)) {
+            e.done += 1;
+        }
+        self.finish_epochs();
+        if in_sync {
+            self.resync_progress();
+        }
+    }
+
+    fn on_barrier(&mut self, epoch: u32, flush: bool) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        peer.epochs.entry(epoch).or_default().barrier = Some(flush);
+        self.finish_epochs();
+    }
+
+    /// Acks closed epochs in order once their writes are done (and flushed when asked).
+    fn finish_epochs(&mut self) {
+        loop {
+            let Some(peer) = self.peer.as_mut() else {
+                return;
+            };
+            let link = peer.gen;
+            let Some((&epoch, e)) = peer.epochs.iter_mut().next() else {
+                return;
+            };
+            let Some(flush) = e.barrier else {
+                return;
+            };
+            if e.done < e.received || e.flushing {
+                return;
+            }
+            if flush {
+                e.flushing = true;
+                self.op(OpFor::PeerFlush { link, epoch }, super::DiskOp::Flush);
+                return;
+            }
+            let writes = e.received;
+            peer.epochs.remove(&epoch);
+            self.send(Packet::BarrierAck { epoch, writes });
+        }
+    }
+
+    pub(super) fn peer_flush_done(&mut self, link: u64, epoch: u32, result: super::DiskResult) {
+        if result == super::DiskResult::Failed {
+            self.log("local disk flush failed".into());
+        }
+        let Some(peer) = self.peer.as_mut().filter(|p| p.gen == link) else {
+            return;
+        };
+        if let Some(e) = peer.epochs.get_mut(&epoch) {
+            e.flushing = false;
+            e.barrier = Some(false);
+        }
+        self.finish_epochs();
+    }
+}

@@ -1,0 +1,486 @@
+//! Bitmap-driven resync at a fixed rate (`c-plan-ahead 0`): the target walks its bitmap in
+//! device order, asks for runs of out-of-sync blocks (`P_RS_DATA_REQUEST`, up to 1 MiB), the
+//! source reads and answers (`P_RS_DATA_REPLY`), the target writes, clears its bits and acks
+//! (`P_RS_WRITE_ACK`) so that the source clears its own.
+//!
+//! An application write to a range whose resync data is on its way wins: the reply is
+//! dropped and the blocks the write did not cover are asked for again.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::peer::{PeerWrite, Phase};
+use super::{After, DiskOp, DiskResult, Engine, OpFor};
+use crate::bitmap::BLOCK_BYTES;
+use crate::state::{ConnState, DiskState};
+use crate::time::Instant;
+use crate::types::Sector;
+use crate::wire::{AckKind, DataFlags, DataKind, Packet};
+
+/// The target's planning interval (`SLEEP_TIME`, 100 ms).
+pub const TICK: Duration = Duration::from_millis(100);
+/// Largest resync request, in 4 KiB blocks (1 MiB, DRBD's max BIO size).
+const MAX_RUN_BITS: u64 = 256;
+/// Resync requests in flight at most.
+const MAX_IN_FLIGHT: usize = 32;
+
+/// A resync in progress on this node.
+#[derive(Debug)]
+pub(super) struct Resync {
+    pub source: bool,
+    started: Instant,
+    last_now: Instant,
+    last_tick: Instant,
+    /// Out-of-sync blocks when it began.
+    total_bits: u64,
+    /// Blocks synced so far (for the rate shown).
+    synced_bits: u64,
+    /// The next block the target looks at.
+    pos: u64,
+    inflight: HashMap<u64, InFlight>,
+    next_id: u64,
+    /// Bytes the rate allows to request now.
+    credit: u64,
+    rate_kib: u64,
+    /// Blocks the source could not read or the target could not write, this pass.
+    failed_bits: u64,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    bits: Range<u64>,
+    /// An application write overlapped it after it was asked for: drop the reply.
+    stale: bool,
+}
+
+/// Resync progress for status output, in DRBD's units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ResyncStatus {
+    /// This node is the source.
+    pub source: bool,
+    /// KiB out of sync when the resync began (`rs_total`).
+    pub total_kib: u64,
+    /// KiB still out of sync.
+    pub left_kib: u64,
+    /// KiB synced so far.
+    pub synced_kib: u64,
+    /// Milliseconds since it began, as of the engine's last input.
+    pub elapsed_ms: u64,
+    /// The configured rate (`want:`), KiB/s.
+    pub want_kib: u64,
+}
+
+impl Engine {
+    /// Enters SyncSource or SyncTarget with the merged bitmap.
+    pub(super) fn start_resync(&mut self, source: bool, now: Instant) {
+        let rate_kib = self.cfg.net.map_or(250, |n| n.resync_rate_kib.max(1));
+        let total_bits = self.bitmap.count();
+        if let Some(p) = self.peer.as_mut() {
+            p.phase = Phase::Running;
+            p.resync = Some(Resync {
+                source,
+                started: now,
+                last_now: now,
+                last_tick: now,
+                total_bits,
+                synced_bits: 0,
+                pos: 0,
+                inflight: HashMap::new(),
+                next_id: 0,
+                credit: rate_kib * 1024 / 10,
+                rate_kib,
+                failed_bits: 0,
+            });
+        }
+        let conn = if source {
+            ConnState::SyncSource
+        } else {
+            ConnState::SyncTarget
+        };
+        self.force_state(|s| s.conn = conn);
+        self.log(format!(
+            "Began resync as {} (will sync {} KB [{} bits set]).",
+            conn,
+            total_bits * 4,
+            total_bits
+        ));
+        self.queue_dirty_pages();
+        self.pump_meta();
+        if source {
+            self.resync_progress();
+        } else {
+            self.request_resync_data();
+        }
+    }
+
+    /// When the engine wants [`Engine::tick`] called next.
+    pub fn next_tick(&self) -> Option<Instant> {
+        let r = self.peer.as_ref()?.resync.as_ref()?;
+        (!r.source).then(|| r.last_tick + TICK)
+    }
+
+    /// Time passes: the resync target plans its next requests.
+    pub fn tick(&mut self, now: Instant) {
+        let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
+            return;
+        };
+        if r.source || now < r.last_tick {
+            return;
+        }
+        let dt = u128::from((now - r.last_tick).as_nanos() as u64);
+        let earned = (u128::from(r.rate_kib) * 1024 * dt / 1_000_000_000) as u64;
+        let cap = (r.rate_kib * 1024 / 5).max(MAX_RUN_BITS * BLOCK_BYTES);
+        r.credit = r.credit.saturating_add(earned).min(cap);
+        r.last_tick = now;
+        r.last_now = now;
+        self.request_resync_data();
+    }
+
+    /// Asks for the next runs of out-of-sync blocks, within the rate and in-flight limits.
+    fn request_resync_data(&mut self) {
+        let end_bit = self.size.div_ceil(BLOCK_BYTES);
+        let mut requests = Vec::new();
+        {
+            let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
+                return;
+            };
+            if r.source {
+                return;
+            }
+            while r.inflight.len() < MAX_IN_FLIGHT && r.credit >= BLOCK_BYTES {
+                let affordable = (r.credit / BLOCK_BYTES).min(MAX_RUN_BITS);
+                let Some(run) = self.bitmap.next_run(r.pos, affordable) else {
+                    r.pos = end_bit;
+                    break;
+                };
+                if run.start >= end_bit {
+                    r.pos = end_bit;
+                    break;
+                }
+                let run = run.start..run.end.min(end_bit);
+                // Blocks under an application write in flight wait for it.
+                let (offset, len) = (run.start * BLOCK_BYTES, (run.end - run.start) * BLOCK_BYTES);
+                let len = len.min(self.size - offset);
+                r.pos = run.end;
+                r.credit -= (run.end - run.start) * BLOCK_BYTES;
+                let id = r.next_id;
+                r.next_id += 1;
+                r.inflight.insert(
+                    id,
+                    InFlight {
+                        bits: run,
+                        stale: false,
+                    },
+                );
+                requests.push((id, offset, len));
+            }
+        }
+        for (id, offset, len) in requests {
+            self.send(Packet::RsRequest {
+                id,
+                sector: Sector(offset / Sector::SIZE),
+                len: len as u32,
+            });
+        }
+        self.resync_progress();
+    }
+
+    /// The source reads what the target asked for.
+    pub(super) fn on_rs_request(&mut self, id: u64, sector: Sector, len: u32) {
+        let offset = sector.bytes();
+        let in_range = offset
+            .checked_add(u64::from(len))
+            .is_some_and(|end| end <= self.size);
+        if !in_range || len == 0 || u64::from(len) > MAX_RUN_BITS * BLOCK_BYTES {
+            self.protocol_error(format!(
+                "P_RS_DATA_REQUEST {offset}+{len} is not a valid range"
+            ));
+            return;
+        }
+        let Some(link) = self.peer.as_ref().map(|p| p.gen) else {
+            return;
+        };
+        if self.state.disk < DiskState::UpToDate {
+            self.send(Packet::RsNegReply { id, sector, len });
+            return;
+        }
+        self.op(
+            OpFor::RsRead { link, id, sector },
+            DiskOp::Read { offset, len },
+        );
+    }
+
+    pub(super) fn rs_read_done(&mut self, link: u64, id: u64, sector: Sector, result: DiskResult) {
+        if self.peer.as_ref().is_none_or(|p| p.gen != link) {
+            return;
+        }
+        match result {
+            DiskResult::Data(data) => {
+                self.counters.dr += data.len() as u64 / 1024;
+                self.counters.ns += data.len() as u64 / 1024;
+                let digest = self
+                    .cfg
+                    .net
+                    .and_then(|n| n.integrity)
+                    .map(|_| crc32c::crc32c(&data));
+                self.send(Packet::RsReply {
+                    id,
+                    sector,
+                    digest,
+                    data,
+                });
+            }
+            _ => {
+                self.log(format!("resync read error at sector {}", sector.0));
+                // The length is what was asked for; a failed read carries none, so ask the
+                // target to retry the smallest unit it may have requested.
+                self.send(Packet::RsNegReply {
+                    id,
+                    sector,
+                    len: BLOCK_BYTES as u32,
+                });
+            }
+        }
+    }
+
+    /// The target receives resync data: write it unless an application write overtook it.
+    pub(super) fn on_rs_reply(
+        &mut self,
+        id: u64,
+        sector: Sector,
+        digest: Option<u32>,
+        data: Bytes,
+        now: Instant,
+    ) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let link = peer.gen;
+        let Some(r) = peer.resync.as_mut().filter(|r| !r.source) else {
+            self.protocol_error("P_RS_DATA_REPLY while not SyncTarget".into());
+            return;
+        };
+        r.last_now = now;
+        let Some(inflight) = r.inflight.get(&id) else {
+            self.protocol_error(format!("P_RS_DATA_REPLY for unknown request {id}"));
+            return;
+        };
+        let offset = inflight.bits.start * BLOCK_BYTES;
+        let expect =
+            ((inflight.bits.end - inflight.bits.start) * BLOCK_BYTES).min(self.size - offset);
+        if sector.bytes() != offset || data.len() as u64 != expect {
+            self.protocol_error(format!(
+                "P_RS_DATA_REPLY {}+{} does not answer request {id} ({offset}+{expect})",
+                sector.bytes(),
+                data.len()
+            ));
+            return;
+        }
+        if let (Some(d), Some(_)) = (digest, self.cfg.net.and_then(|n| n.integrity)) {
+            if crc32c::crc32c(&data) != d {
+                self.protocol_error("resync data integrity check failed".into());
+                return;
+            }
+        }
+        self.counters.nr += data.len() as u64 / 1024;
+        if inflight.stale {
+            r.inflight.remove(&id);
+            // The blocks the application write did not cover are still set; look again.
+            r.pos = 0;
+            self.request_resync_data();
+            return;
+        }
+        let key = self.next_peer_write;
+        self.next_peer_write += 1;
+        self.peer_writes.insert(
+            key,
+            PeerWrite {
+                link,
+                id,
+                epoch: 0,
+                offset,
+                len: data.len() as u64,
+                kind: DataKind::Write,
+                flags: DataFlags::default(),
+                data,
+                resync: true,
+                issued: false,
+            },
+        );
+        self.peer_wait.push_back(key);
+        self.admit_peer_writes();
+    }
+
+    pub(super) fn on_rs_neg_reply(&mut self, id: u64, sector: Sector, _len: u32, now: Instant) {
+        let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
+            return;
+        };
+        r.last_now = now;
+        if let Some(f) = r.inflight.remove(&id) {
+            r.failed_bits += f.bits.end - f.bits.start;
+        }
+        self.log(format!(
+            "resync: the peer could not read sector {}",
+            sector.0
+        ));
+        self.request_resync_data();
+    }
+
+    /// The target wrote resync data: clear the bits, tell the source.
+    pub(super) fn rs_write_done(&mut self, link: u64, id: u64, offset: u64, len: u64, ok: bool) {
+        if self.peer.as_ref().is_none_or(|p| p.gen != link) {
+            return;
+        }
+        if let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) {
+            if let Some(f) = r.inflight.remove(&id) {
+                if ok {
+                    r.synced_bits += f.bits.end - f.bits.start;
+                } else {
+                    r.failed_bits += f.bits.end - f.bits.start;
+                }
+            }
+        }
+        let sector = Sector(offset / Sector::SIZE);
+        if ok {
+            let _ = self.bitmap.clear_bytes(offset, len);
+            self.send(Packet::Ack {
+                kind: AckKind::RsWrite,
+                id,
+                sector,
+                len: len as u32,
+            });
+        } else {
+            self.send(Packet::Ack {
+                kind: AckKind::Neg,
+                id,
+                sector,
+                len: len as u32,
+            });
+        }
+        self.request_resync_data();
+    }
+
+    /// The source hears that the target wrote resync data.
+    pub(super) fn rs_write_acked(&mut self, sector: Sector, len: u32) {
+        let cleared = self
+            .bitmap
+            .clear_bytes(sector.bytes(), u64::from(len))
+            .unwrap_or(0);
+        if let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) {
+            r.synced_bits += cleared;
+        }
+        self.resync_progress();
+    }
+
+    /// An application write to this range overtakes resync data still on its way.
+    pub(super) fn mark_resync_requests_stale(&mut self, offset: u64, len: u64) {
+        let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
+            return;
+        };
+        for f in r.inflight.values_mut() {
+            let (o, l) = (
+                f.bits.start * BLOCK_BYTES,
+                (f.bits.end - f.bits.start) * BLOCK_BYTES,
+            );
+            if super::overlaps((o, l), (offset, len)) {
+                f.stale = true;
+            }
+        }
+    }
+
+    /// Ends the resync when nothing is left (or only blocks that failed).
+    pub(super) fn resync_progress(&mut self) {
+        let end_bit = self.size.div_ceil(BLOCK_BYTES);
+        let resync_writes = self.peer_writes.values().any(|w| w.resync);
+        let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
+            return;
+        };
+        let left = self.bitmap.count();
+        if r.source {
+            if left == 0 {
+                self.finish_resync(true);
+            }
+            return;
+        }
+        if r.pos < end_bit || !r.inflight.is_empty() || resync_writes {
+            return;
+        }
+        if left == 0 {
+            self.finish_resync(true);
+        } else if r.failed_bits > 0 {
+            self.finish_resync(false);
+        } else {
+            // Blocks marked behind the scan position (P_OUT_OF_SYNC, dropped replies).
+            r.pos = 0;
+        }
+    }
+
+    /// `drbd_resync_finished`: UUIDs and disk states move, the bitmap is written.
+    fn finish_resync(&mut self, ok: bool) {
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        let Some(r) = peer.resync.take() else {
+            return;
+        };
+        let peer_uuids = peer.uuids.map(|u| u.uuids);
+        let secs = (r.last_now - r.started).as_secs().max(1);
+        let kib = r.synced_bits * 4;
+        self.log(format!(
+            "Resync done (total {} sec; paused 0 sec; {} K/sec)",
+            (r.last_now - r.started).as_secs(),
+            kib / secs
+        ));
+        if r.source {
+            if ok {
+                self.sb.uuids.finish_resync_as_source();
+            }
+            self.force_state(|s| {
+                s.conn = ConnState::Connected;
+                s.pdsk = if ok {
+                    DiskState::UpToDate
+                } else {
+                    DiskState::Inconsistent
+                };
+            });
+        } else if ok {
+            let role = self.state.role;
+            if let Some(p) = peer_uuids {
+                self.sb.uuids.finish_resync_as_target(&p, role);
+            }
+            self.crashed_primary = false;
+            self.force_state(|s| {
+                s.conn = ConnState::Connected;
+                s.disk = DiskState::UpToDate;
+            });
+            self.emit_handler(super::Handler::AfterResyncTarget);
+        } else {
+            self.log(format!(
+                "{} KB failed to resync; the disk stays Inconsistent",
+                r.failed_bits * 4
+            ));
+            self.force_state(|s| s.conn = ConnState::Connected);
+        }
+        self.queue_dirty_pages();
+        self.write_superblock(After::Nothing);
+        self.send_uuids(crate::uuid::UuidFlags::default());
+        self.send_state();
+    }
+
+    /// Progress for status output.
+    pub(super) fn resync_status(&self) -> Option<ResyncStatus> {
+        let r = self.peer.as_ref()?.resync.as_ref()?;
+        Some(ResyncStatus {
+            source: r.source,
+            total_kib: r.total_bits * 4,
+            left_kib: self.bitmap.count() * 4,
+            synced_kib: r.synced_bits * 4,
+            elapsed_ms: (r.last_now - r.started).as_millis() as u64,
+            want_kib: r.rate_kib,
+        })
+    }
+}
