@@ -373,6 +373,7 @@ impl Engine {
         if self.peer.is_none() {
             return;
         }
+        self.resync_clock(now);
         match packet {
             Packet::Sizes { backing, .. } => self.on_sizes(backing),
             Packet::Uuids {

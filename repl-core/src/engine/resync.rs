@@ -27,6 +27,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 const MAX_RUN_BITS: u64 = 256;
 /// Resync requests in flight at most.
 const MAX_IN_FLIGHT: usize = 32;
+/// Progress marks for the recent speed (`DRBD_SYNC_MARK_STEP`, `DRBD_SYNC_MARKS`).
+const MARK_STEP: Duration = Duration::from_secs(3);
+const MARKS: usize = 8;
 
 /// A resync in progress on this node.
 #[derive(Debug)]
@@ -48,6 +51,8 @@ pub(super) struct Resync {
     rate_kib: u64,
     /// Blocks the source could not read or the target could not write, this pass.
     failed_bits: u64,
+    /// `(when, blocks left)` every [`MARK_STEP`], oldest first.
+    marks: std::collections::VecDeque<(Instant, u64)>,
 }
 
 #[derive(Debug)]
@@ -70,6 +75,9 @@ pub struct ResyncStatus {
     pub synced_kib: u64,
     /// Milliseconds since it began, as of the engine's last input.
     pub elapsed_ms: u64,
+    /// KiB that were left at the oldest progress mark, and how long ago that was.
+    pub mark_left_kib: u64,
+    pub mark_age_ms: u64,
     /// The configured rate (`want:`), KiB/s.
     pub want_kib: u64,
 }
@@ -94,6 +102,7 @@ impl Engine {
                 credit: rate_kib * 1024 / 10,
                 rate_kib,
                 failed_bits: 0,
+                marks: std::collections::VecDeque::from([(now, total_bits)]),
             });
         }
         let conn = if source {
@@ -136,8 +145,23 @@ impl Engine {
         let cap = (r.rate_kib * 1024 / 5).max(MAX_RUN_BITS * BLOCK_BYTES);
         r.credit = r.credit.saturating_add(earned).min(cap);
         r.last_tick = now;
-        r.last_now = now;
+        self.resync_clock(now);
         self.request_resync_data();
+    }
+
+    /// Time as of the latest input, and a progress mark every [`MARK_STEP`].
+    pub(super) fn resync_clock(&mut self, now: Instant) {
+        let left = self.bitmap.count();
+        let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
+            return;
+        };
+        r.last_now = r.last_now.max(now);
+        if r.marks.back().is_none_or(|(t, _)| now - *t >= MARK_STEP) {
+            r.marks.push_back((now, left));
+            if r.marks.len() > MARKS {
+                r.marks.pop_front();
+            }
+        }
     }
 
     /// Asks for the next runs of out-of-sync blocks, within the rate and in-flight limits.
@@ -480,6 +504,11 @@ impl Engine {
             left_kib: self.bitmap.count() * 4,
             synced_kib: r.synced_bits * 4,
             elapsed_ms: (r.last_now - r.started).as_millis() as u64,
+            mark_left_kib: r.marks.front().map_or(r.total_bits, |m| m.1) * 4,
+            mark_age_ms: r
+                .marks
+                .front()
+                .map_or(0, |m| (r.last_now - m.0).as_millis() as u64),
             want_kib: r.rate_kib,
         })
     }
