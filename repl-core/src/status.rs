@@ -50,6 +50,9 @@ pub struct Status {
     /// Resync progress while SyncSource or SyncTarget.
     #[serde(default)]
     pub resync: Option<crate::engine::ResyncStatus>,
+    /// The replication protocol of the net configuration, if there is one.
+    #[serde(default)]
+    pub protocol: Option<crate::wire::Protocol>,
 }
 
 mod flags_serde {

@@ -9,5 +9,6 @@ pub mod config;
 pub mod daemon;
 pub mod disk;
 pub mod export;
+pub mod link;
 pub mod resource;
 pub mod status_file;

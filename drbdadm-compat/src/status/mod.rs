@@ -20,6 +20,7 @@
 //!     out_of_sync: 0,
 //!     counters: Counters::default(),
 //!     resync: None,
+//!     protocol: None,
 //! };
 //! let view = DeviceView::new(status);
 //! assert_eq!(cstate(&view.status), "Unconfigured");
@@ -233,9 +234,22 @@ pub struct DeviceView {
 impl DeviceView {
     /// A view with no net config, nothing suspended or congested, `wo:f`, one epoch.
     pub fn new(status: Status) -> DeviceView {
+        let protocol = status.protocol.map(|p| match p {
+            repl_core::wire::Protocol::A => Protocol::A,
+            repl_core::wire::Protocol::B => Protocol::B,
+            repl_core::wire::Protocol::C => Protocol::C,
+        });
+        let resync = status.resync.map(|r| ResyncProgress {
+            total: r.total_kib / 4,
+            left: r.left_kib / 4,
+            mark_left: r.mark_left_kib / 4,
+            mark_age_secs: r.mark_age_ms / 1000,
+            active_secs: r.elapsed_ms / 1000,
+            want_kib: r.want_kib,
+        });
         DeviceView {
             status,
-            protocol: None,
+            protocol,
             suspended: Suspended::default(),
             resync_pause: ResyncPause::default(),
             congestion: Congestion::None,
@@ -243,7 +257,7 @@ impl DeviceView {
             write_ordering: WriteOrdering::Flush,
             epochs: 1,
             open: false,
-            resync: None,
+            resync,
         }
     }
 }
@@ -394,6 +408,7 @@ pub(crate) mod tests {
             out_of_sync: 0,
             counters: Counters::default(),
             resync: None,
+            protocol: None,
         });
         if conn != ConnState::StandAlone {
             v.protocol = Some(Protocol::C);

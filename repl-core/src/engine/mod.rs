@@ -357,6 +357,7 @@ impl Engine {
                 ..self.counters
             },
             resync: self.resync_status(),
+            protocol: self.cfg.net.map(|n| n.protocol),
         }
     }
 

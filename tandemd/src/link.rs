@@ -1,0 +1,441 @@
+//! The peer link of one resource: a TCP connection to the peer's `address`, the connection
+//! handshake of [`repl_core::link`], framing with [`repl_core::wire::codec`], keep-alive pings,
+//! and reconnecting every `connect-int` while the engine wants a link.
+//!
+//! One side connects, the other accepts: the node whose name sorts last listens on its own
+//! `address` (it also breaks ties in the handshake, see [`repl_core::link::PeerInfo`]), the
+//! other connects to it. The resource task owns the engine; this task only moves packets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use repl_core::link::{HmacAlg, Link, LinkConfig, PeerInfo, Progress, NONCE_BYTES};
+use repl_core::wire::codec::{encode_parts, Decoder};
+use repl_core::wire::{Frame, Packet};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+use tracing::{info, warn};
+
+/// How a link is set up (from the resource's `net` section and endpoints).
+#[derive(Debug, Clone)]
+pub struct LinkSpec {
+    pub config: LinkConfig,
+    /// This node's `address` (listened on by the accepting side).
+    pub local: SocketAddr,
+    /// The peer's `address`.
+    pub peer: SocketAddr,
+    pub connect_int: Duration,
+    pub ping_int: Duration,
+    pub ping_timeout: Duration,
+}
+
+impl LinkSpec {
+    /// This node accepts rather than connects.
+    pub fn accepts(&self) -> bool {
+        self.config.my_node > self.config.peer_node
+    }
+}
+
+/// What the link tells the resource task. `conn` numbers connections so that late events
+/// from an old one are ignored.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Up {
+        conn: u64,
+        peer: PeerInfo,
+        tx: mpsc::UnboundedSender<Packet>,
+    },
+    Packet {
+        conn: u64,
+        packet: Packet,
+    },
+    Down {
+        conn: u64,
+        reason: String,
+    },
+}
+
+/// What the resource task tells the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkControl {
+    /// Close the current connection (after what was queued); reconnect only if asked.
+    Close { reconnect: bool },
+    /// (Re)connect after a close without reconnect.
+    Connect,
+    /// Stop for good.
+    Stop,
+}
+
+/// Starts the link task; it connects at once.
+pub fn spawn(
+    spec: LinkSpec,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) -> mpsc::UnboundedSender<LinkControl> {
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(spec, events, ctl_rx));
+    ctl_tx
+}
+
+/// Why one connection ended.
+enum Ended {
+    /// Lost or closed; reconnect after `connect-int`.
+    Reconnect(String),
+    /// Closed on purpose; wait for [`LinkControl::Connect`].
+    Pause(String),
+    Stop,
+}
+
+async fn run(
+    spec: LinkSpec,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    mut ctl: mpsc::UnboundedReceiver<LinkControl>,
+) {
+    let resource = spec.config.resource.clone();
+    let listener = if spec.accepts() {
+        match bind(spec.local).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!("{resource}: cannot listen on {}: {e}", spec.local);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut conn = 0u64;
+    let mut paused = false;
+    loop {
+        if paused {
+            match ctl.recv().await {
+                Some(LinkControl::Connect) => paused = false,
+                Some(LinkControl::Close { .. }) => continue,
+                Some(LinkControl::Stop) | None => return,
+            }
+        }
+        let stream = tokio::select! {
+            s = establish(&spec, listener.as_ref()) => s,
+            c = ctl.recv() => match c {
+                Some(LinkControl::Close { reconnect: false }) => { paused = true; continue; }
+                Some(LinkControl::Close { .. }) | Some(LinkControl::Connect) => continue,
+                Some(LinkControl::Stop) | None => return,
+            },
+        };
+        let Some((stream, peer, rest)) = stream else {
+            // `establish` waited connect-int already or the handshake failed; try again.
+            continue;
+        };
+        conn += 1;
+        info!(
+            "{resource}: Handshake successful: Agreed network protocol version {}",
+            peer.version
+        );
+        let ended = serve(&spec, conn, stream, peer, rest, &events, &mut ctl).await;
+        let reason = match &ended {
+            Ended::Reconnect(r) | Ended::Pause(r) => r.clone(),
+            Ended::Stop => "stopped".into(),
+        };
+        let _ = events.send(LinkEvent::Down { conn, reason });
+        match ended {
+            Ended::Reconnect(_) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(spec.connect_int) => {}
+                    c = ctl.recv() => match c {
+                        Some(LinkControl::Stop) | None => return,
+                        Some(LinkControl::Close { reconnect: false }) => paused = true,
+                        _ => {}
+                    },
+                }
+            }
+            Ended::Pause(_) => paused = true,
+            Ended::Stop => return,
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4)
+}
+
+/// One TCP connection with a finished handshake, or `None` after a failed attempt (having
+/// waited `connect-int` where DRBD would).
+async fn establish(
+    spec: &LinkSpec,
+    listener: Option<&TcpListener>,
+) -> Option<(TcpStream, PeerInfo, BytesMut)> {
+    let resource = &spec.config.resource;
+    let stream = match listener {
+        Some(l) => match l.accept().await {
+            Ok((s, from)) => {
+                info!("{resource}: connection from {from}");
+                s
+            }
+            Err(e) => {
+                warn!("{resource}: accept: {e}");
+                tokio::time::sleep(spec.connect_int).await;
+                return None;
+            }
+        },
+        None => match timeout(spec.connect_int, TcpStream::connect(spec.peer)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) | Err(_) => {
+                tokio::time::sleep(spec.connect_int).await;
+                return None;
+            }
+        },
+    };
+    let _ = stream.set_nodelay(true);
+    let limit = spec
+        .connect_int
+        .max(spec.ping_timeout)
+        .max(Duration::from_secs(5));
+    match timeout(limit, handshake(spec, stream)).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(e)) => {
+            warn!("{resource}: {e}");
+            tokio::time::sleep(spec.connect_int).await;
+            None
+        }
+        Err(_) => {
+            warn!("{resource}: the peer did not finish the handshake within {limit:?}");
+            None
+        }
+    }
+}
+
+/// Runs [`Link`] over the stream; returns bytes that arrived after the handshake too.
+async fn handshake(
+    spec: &LinkSpec,
+    mut stream: TcpStream,
+) -> Result<(TcpStream, PeerInfo, BytesMut), String> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    fill_random(&mut nonce);
+    let (mut link, first) = Link::new(spec.config.clone(), nonce).map_err(|e| e.to_string())?;
+    write_packets(&mut stream, first)
+        .await
+        .map_err(|e| format!("sending the handshake: {e}"))?;
+    let mut decoder = Decoder::new();
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        while let Some(frame) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+            match link.receive(frame.packet).map_err(|e| e.to_string())? {
+                Progress::Continue(out) => write_packets(&mut stream, out)
+                    .await
+                    .map_err(|e| format!("sending the handshake: {e}"))?,
+                Progress::Established(peer, out) => {
+                    write_packets(&mut stream, out)
+                        .await
+                        .map_err(|e| format!("sending the handshake: {e}"))?;
+                    return Ok((stream, peer, buf));
+                }
+            }
+        }
+        let n = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("reading the handshake: {e}"))?;
+        if n == 0 {
+            return Err("the peer closed the connection during the handshake".into());
+        }
+    }
+}
+
+async fn write_packets(stream: &mut TcpStream, packets: Vec<Packet>) -> std::io::Result<()> {
+    for p in packets {
+        let (head, payload) = encode_parts(&Frame::connection(p));
+        stream.write_all(&head).await?;
+        if let Some(payload) = payload {
+            stream.write_all(&payload).await?;
+        }
+    }
+    stream.flush().await
+}
+
+/// Moves packets until the connection ends.
+async fn serve(
+    spec: &LinkSpec,
+    conn: u64,
+    stream: TcpStream,
+    peer: PeerInfo,
+    rest: BytesMut,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+    ctl: &mut mpsc::UnboundedReceiver<LinkControl>,
+) -> Ended {
+    let (read, write) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel::<Packet>();
+    let (wdone_tx, mut wdone) = mpsc::channel::<String>(1);
+    let writer = tokio::spawn(write_loop(write, rx, wdone_tx));
+    if events
+        .send(LinkEvent::Up {
+            conn,
+            peer,
+            tx: tx.clone(),
+        })
+        .is_err()
+    {
+        writer.abort();
+        return Ended::Stop;
+    }
+    let ended = read_loop(spec, conn, read, rest, &tx, events, ctl, &mut wdone).await;
+    match ended {
+        Ended::Reconnect(_) | Ended::Stop => writer.abort(),
+        Ended::Pause(_) => {
+            // Let what the engine queued (e.g. P_DISCONNECT) go out first.
+            drop(tx);
+            let _ = timeout(Duration::from_secs(1), writer).await;
+        }
+    }
+    ended
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    spec: &LinkSpec,
+    conn: u64,
+    mut read: OwnedReadHalf,
+    mut buf: BytesMut,
+    tx: &mpsc::UnboundedSender<Packet>,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+    ctl: &mut mpsc::UnboundedReceiver<LinkControl>,
+    wdone: &mut mpsc::Receiver<String>,
+) -> Ended {
+    let mut decoder = Decoder::new();
+    let mut last_heard = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    last_heard = Instant::now();
+                    ping_sent = None;
+                    match frame.packet {
+                        Packet::Ping => {
+                            let _ = tx.send(Packet::PingAck);
+                        }
+                        Packet::PingAck => {}
+                        packet => {
+                            if events.send(LinkEvent::Packet { conn, packet }).is_err() {
+                                return Ended::Stop;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Ended::Reconnect(format!("protocol error: {e}")),
+            }
+        }
+        let deadline = match ping_sent {
+            Some(at) => at + spec.ping_timeout,
+            None => last_heard + spec.ping_int,
+        };
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(1 << 20);
+        }
+        tokio::select! {
+            r = read.read_buf(&mut buf) => match r {
+                Ok(0) => return Ended::Reconnect("the peer closed the connection".into()),
+                Ok(_) => {}
+                Err(e) => return Ended::Reconnect(format!("receive error: {e}")),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                if ping_sent.is_some() {
+                    return Ended::Reconnect("PingAck did not arrive in time.".into());
+                }
+                ping_sent = Some(Instant::now());
+                let _ = tx.send(Packet::Ping);
+            }
+            c = ctl.recv() => match c {
+                Some(LinkControl::Close { reconnect: true }) => {
+                    return Ended::Reconnect("closed by the engine".into())
+                }
+                Some(LinkControl::Close { reconnect: false }) => {
+                    return Ended::Pause("disconnected".into())
+                }
+                Some(LinkControl::Connect) => {}
+                Some(LinkControl::Stop) | None => return Ended::Stop,
+            },
+            Some(e) = wdone.recv() => return Ended::Reconnect(e),
+        }
+    }
+}
+
+/// Writes queued packets, batching what is queued before each flush.
+async fn write_loop(
+    write: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Packet>,
+    done: mpsc::Sender<String>,
+) {
+    let mut w = BufWriter::with_capacity(256 * 1024, write);
+    while let Some(p) = rx.recv().await {
+        let mut next = Some(p);
+        while let Some(p) = next {
+            if let Err(e) = write_frame(&mut w, p).await {
+                let _ = done.send(format!("send error: {e}")).await;
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = w.flush().await {
+            let _ = done.send(format!("send error: {e}")).await;
+            return;
+        }
+    }
+    let _ = w.flush().await;
+    let _ = w.into_inner().shutdown().await;
+}
+
+async fn write_frame(w: &mut BufWriter<OwnedWriteHalf>, p: Packet) -> std::io::Result<()> {
+    let (head, payload) = encode_parts(&Frame {
+        volume: 0,
+        packet: p,
+    });
+    w.write_all(&head).await?;
+    if let Some(payload) = payload {
+        w.write_all(&payload).await?;
+    }
+    Ok(())
+}
+
+/// Fresh random bytes for the authentication nonce (`getrandom(2)`).
+fn fill_random(buf: &mut [u8]) {
+    // SAFETY: `buf` is a valid, writable slice of `buf.len()` bytes for the whole call.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if usize::try_from(n).ok() != Some(buf.len()) {
+        // getrandom on Linux does not fail for 32 bytes; fall back to the clock.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
+        }
+    }
+}
+
+/// `cram-hmac-alg` and `shared-secret` from the config.
+///
+/// # Errors
+/// An algorithm tandem does not support.
+pub fn secret(
+    alg: Option<&str>,
+    secret: Option<&str>,
+) -> Result<Option<(HmacAlg, Vec<u8>)>, String> {
+    match (alg, secret) {
+        (Some(a), Some(s)) => {
+            let alg: HmacAlg = a
+                .parse()
+                .map_err(|e: repl_core::link::LinkConfigError| e.to_string())?;
+            Ok(Some((alg, s.as_bytes().to_vec())))
+        }
+        _ => Ok(None),
+    }
+}
