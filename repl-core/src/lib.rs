@@ -7,6 +7,7 @@
 pub mod al;
 pub mod bitmap;
 pub mod engine;
+pub mod link;
 pub mod meta;
 pub mod rng;
 pub mod state;
