@@ -36,6 +36,7 @@ failed=()
 for t in "${targets[@]}"; do
     case $t in
         nbd_requests) extra=(-max_len=16384) ;;
+        metadata_loader) extra=(-max_len=16384) ;;
         *) extra=() ;;
     esac
     mkdir -p "target/corpus/$t" "corpus/$t"

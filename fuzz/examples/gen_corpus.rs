@@ -8,6 +8,9 @@ fn main() -> std::io::Result<()> {
     let targets = [
         ("nbd_options", tandem_fuzz::seeds::options()),
         ("nbd_requests", tandem_fuzz::seeds::requests()),
+        ("peer_wire", tandem_fuzz::peer::wire_seeds()),
+        ("peer_handshake", tandem_fuzz::peer::handshake_seeds()),
+        ("metadata_loader", tandem_fuzz::metadata::seeds()),
     ];
     for (target, seeds) in targets {
         let dir = root.join(target);

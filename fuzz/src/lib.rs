@@ -7,7 +7,9 @@
 
 pub mod alloc;
 pub mod cursor;
+pub mod metadata;
 pub mod options;
+pub mod peer;
 pub mod requests;
 pub mod seeds;
 pub mod wire;
