@@ -12,7 +12,7 @@ use drbdadm_compat::control::{
 };
 use drbdadm_compat::res::parser::E_EXEC_ERROR;
 use nbd_server::server::{Endpoint, Listener, Shutdown};
-use repl_core::engine::{Command, EngineConfig};
+use repl_core::engine::{Command, EngineConfig, OnIoError};
 use repl_core::meta::AlGeometry;
 use repl_core::state::{Context, Fencing};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -326,6 +326,13 @@ impl Daemon {
             seed,
             // The peer link arrives with replication; until then the node is StandAlone.
             net: None,
+            on_io_error: match vol.disk_options.on_io_error {
+                drbdadm_compat::res::resolve::OnIoError::PassOn => OnIoError::PassOn,
+                drbdadm_compat::res::resolve::OnIoError::CallLocalIoError => {
+                    OnIoError::CallLocalIoError
+                }
+                drbdadm_compat::res::resolve::OnIoError::Detach => OnIoError::Detach,
+            },
         };
         info!(
             "block drbd{}: attaching {} (resource {}, volume {})",

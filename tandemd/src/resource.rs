@@ -417,6 +417,10 @@ impl Task {
                     let _ = w.send(Ok(()));
                 }
             }
+            Event::Detached => warn!(
+                "{}: the backing device failed and was detached",
+                self.prefix()
+            ),
             Event::Handler(h) => info!(
                 "{}: helper command: {} (not run yet)",
                 self.prefix(),
@@ -471,7 +475,9 @@ pub fn state_change(old: &NodeState, new: &NodeState) -> String {
 fn submit_error(e: SubmitError) -> io::Error {
     let errno = match e {
         SubmitError::NotPrimary => libc::EROFS,
-        SubmitError::OutOfRange { .. } | SubmitError::TooLarge(_) => libc::EINVAL,
+        SubmitError::OutOfRange { .. }
+        | SubmitError::TooLarge(_)
+        | SubmitError::Unaligned { .. } => libc::EINVAL,
         SubmitError::NoData(_) | SubmitError::Down => libc::EIO,
     };
     tracing::debug!("request refused: {e}");

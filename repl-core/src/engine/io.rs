@@ -57,6 +57,8 @@ pub enum SubmitError {
     TooLarge(u64),
     #[error("the device is going down")]
     Down,
+    #[error("range {offset}+{len} is not aligned to 512-byte sectors")]
+    Unaligned { offset: u64, len: u64 },
 }
 
 /// How a request ended.

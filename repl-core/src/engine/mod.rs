@@ -51,6 +51,20 @@ pub struct EngineConfig {
     pub seed: u64,
     /// The `net` section; `None` keeps the node StandAlone.
     pub net: Option<NetConfig>,
+    /// `on-io-error`: what a local disk error does.
+    pub on_io_error: OnIoError,
+}
+
+/// The `on-io-error` disk option (`__drbd_chk_io_error_`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnIoError {
+    /// Report the error upwards and keep the disk.
+    PassOn,
+    /// Run the `local-io-error` handler, keep the disk.
+    CallLocalIoError,
+    /// Detach the disk; serve from the peer when it has the data (DRBD's default).
+    #[default]
+    Detach,
 }
 
 /// The metadata and bitmap read from disk at attach time.
@@ -111,10 +125,6 @@ pub enum CommandError {
     GoingDown,
     #[error("no net configuration: the resource has no peer to connect to")]
     NoNetConfig,
-    #[error(
-        "promotion of a node whose disk is not UpToDate is not supported yet (wait for the resync to finish)"
-    )]
-    NotWhileSyncTarget,
 }
 
 /// Things users see, worded as DRBD logs them.
@@ -132,6 +142,9 @@ pub enum Event {
     Down,
     /// Run this handler script from the `handlers` section (DRBD's names).
     Handler(Handler),
+    /// The disk was detached after an I/O error (`on-io-error detach`); the daemon may close
+    /// the backing device.
+    Detached,
 }
 
 /// What a metadata write unblocks when it is durable.
@@ -162,6 +175,8 @@ struct Pending {
     al_held: bool,
     /// Sent to the local disk (past the AL and overlap checks).
     issued: bool,
+    /// A read served by the peer (`P_DATA_REQUEST`).
+    remote_read: bool,
     /// The local disk's result, once it answered.
     local: Option<Result<Option<Bytes>, RequestError>>,
     net: peer::Net,
@@ -177,6 +192,7 @@ impl Pending {
             request,
             al_held: false,
             issued: false,
+            remote_read: false,
             local: None,
             net: peer::Net::NotSent,
             epoch: 0,
@@ -202,6 +218,12 @@ enum OpFor {
     PeerFlush {
         link: u64,
         epoch: u32,
+    },
+    /// A read the peer asked for (`P_DATA_REQUEST`).
+    PeerRead {
+        link: u64,
+        id: u64,
+        sector: Sector,
     },
 }
 
@@ -242,6 +264,8 @@ pub struct Engine {
     next_peer_write: u64,
     /// The node was Primary when it crashed (`CRASHED_PRIMARY`), until a resync ends.
     crashed_primary: bool,
+    /// `Event::Down` went out for a disk that was already gone.
+    down_reported: bool,
 }
 
 impl Engine {
@@ -326,6 +350,7 @@ impl Engine {
             peer_wait: VecDeque::new(),
             next_peer_write: 0,
             crashed_primary,
+            down_reported: false,
         };
         engine.sb.la_size = Sector(size / Sector::SIZE);
         engine.set_state(attached.state);
@@ -387,12 +412,15 @@ impl Engine {
         if self.state.role != Role::Primary {
             return Err(SubmitError::NotPrimary);
         }
-        if self.state.disk < DiskState::UpToDate {
+        if self.state.disk < DiskState::UpToDate && !self.peer_has_good_data() {
             return Err(SubmitError::NoData(self.state.disk));
         }
         if let Some((offset, len)) = request.range() {
             if len > MAX_REQUEST_BYTES {
                 return Err(SubmitError::TooLarge(len));
+            }
+            if !offset.is_multiple_of(Sector::SIZE) || !len.is_multiple_of(Sector::SIZE) {
+                return Err(SubmitError::Unaligned { offset, len });
             }
             if offset.checked_add(len).is_none_or(|end| end > self.size) {
                 return Err(SubmitError::OutOfRange {
@@ -423,6 +451,9 @@ impl Engine {
             Some(OpFor::PeerWrite(key)) => self.peer_write_done(key, result),
             Some(OpFor::RsRead { link, id, sector }) => self.rs_read_done(link, id, sector, result),
             Some(OpFor::PeerFlush { link, epoch }) => self.peer_flush_done(link, epoch, result),
+            Some(OpFor::PeerRead { link, id, sector }) => {
+                self.peer_read_done(link, id, sector, result)
+            }
             None => self.log(format!("completion for unknown disk operation {}", op.0)),
         }
     }
@@ -440,14 +471,6 @@ impl Engine {
             ..self.cfg.context
         };
         match cmd {
-            Command::Primary { .. }
-                if self.state.disk < DiskState::UpToDate
-                    && self.state.pdsk == DiskState::UpToDate =>
-            {
-                // DRBD would serve reads of out-of-sync blocks from the peer; tandem does not
-                // yet, so a node promotes only with all of its data.
-                return Err(CommandError::NotWhileSyncTarget);
-            }
             Command::Primary { force } => match self.state.promote(force, false, &ctx)? {
                 Promotion::Unchanged => {}
                 Promotion::RunFencePeer => return Err(CommandError::FencePeerUnsupported),
@@ -590,6 +613,11 @@ impl Engine {
                 still.push_back(req);
                 continue;
             }
+            if self.state.disk <= DiskState::Failed {
+                // No disk, no activity log: the write goes to the peer only.
+                self.issue(req);
+                continue;
+            }
             let (start, n) = sectors(offset, len);
             match self.al.begin_write(start, n) {
                 Ok(Admission::Go) => {
@@ -643,6 +671,13 @@ impl Engine {
             return;
         };
         p.issued = true;
+        if self.local_cannot_serve(req) && self.read_from_peer(req) {
+            return;
+        }
+        if self.state.disk <= DiskState::Failed {
+            self.issue_without_disk(req);
+            return;
+        }
         let p = &self.requests[&req];
         let kind = match &p.request {
             Request::Read { offset, len } => DiskOp::Read {
@@ -683,6 +718,17 @@ impl Engine {
         let Some(p) = self.requests.get(&req) else {
             return;
         };
+        let is_read = matches!(p.request, Request::Read { .. });
+        if result == DiskResult::Failed {
+            self.local_io_error(&format!("request {}", req.0));
+            if is_read && self.read_from_peer(req) {
+                // DRBD retries a failed local read on the peer.
+                return;
+            }
+        }
+        let Some(p) = self.requests.get(&req) else {
+            return;
+        };
         let range = p.request.range();
         let result = match (&p.request, result) {
             (_, DiskResult::Failed) => Err(RequestError::Io),
@@ -700,7 +746,6 @@ impl Engine {
         } else {
             // No peer holds the data either: the request fails. Detaching on I/O errors
             // (`on-io-error`) arrives with the peer, which can serve instead.
-            self.log(format!("local disk I/O error on request {}", req.0));
         }
         if let Some(p) = self.requests.get_mut(&req) {
             p.local = Some(result);
@@ -787,6 +832,9 @@ impl Engine {
     }
 
     fn write_superblock(&mut self, after: After) {
+        if self.state.disk <= DiskState::Failed {
+            return;
+        }
         if after == After::Superblock {
             self.gating_superblocks += 1;
         }
@@ -799,6 +847,10 @@ impl Engine {
     }
 
     fn pump_meta(&mut self) {
+        if self.state.disk <= DiskState::Failed {
+            self.meta_queue.clear();
+            return;
+        }
         if self.meta_busy {
             return;
         }
@@ -816,14 +868,11 @@ impl Engine {
 
     fn meta_done(&mut self, after: After, result: DiskResult) {
         self.meta_busy = false;
-        if result == DiskResult::Failed {
-            // Metadata that cannot be written leaves the disk unusable, as DRBD detaches.
+        if result == DiskResult::Failed && self.state.disk > DiskState::Failed {
+            // Metadata that cannot be written leaves the disk unusable: DRBD detaches
+            // whatever `on-io-error` says.
             self.log("meta data I/O error; the disk is failed".into());
-            let failed = NodeState {
-                disk: DiskState::Failed,
-                ..self.state
-            };
-            self.set_state(failed);
+            self.detach_after_error();
         }
         match after {
             After::Nothing => {}
@@ -883,6 +932,14 @@ impl Engine {
             || self.staged.is_some()
             || !self.peer_writes.is_empty()
         {
+            return;
+        }
+        if self.state.disk <= DiskState::Failed {
+            // Nothing left to write to.
+            if !self.down_reported {
+                self.down_reported = true;
+                self.out.push_back(Output::Event(Event::Down));
+            }
             return;
         }
         if self.meta_queue.iter().any(|s| s.after == After::Down) {

@@ -27,6 +27,8 @@ struct Node {
     /// Keep disk operations instead of performing them (to observe ordering).
     hold_disk: bool,
     held: Vec<(OpId, DiskOp)>,
+    /// Data writes fail (a dying disk).
+    fail_writes: bool,
 }
 
 impl Node {
@@ -86,6 +88,7 @@ impl Pair {
                 events: vec![],
                 hold_disk: false,
                 held: vec![],
+                fail_writes: false,
             }
         };
         Pair {
@@ -132,6 +135,8 @@ impl Pair {
                     Output::Disk { op, kind } => {
                         if self.n[i].hold_disk {
                             self.n[i].held.push((op, kind));
+                        } else if self.n[i].fail_writes && matches!(kind, DiskOp::Write { .. }) {
+                            self.n[i].e.disk_done(op, DiskResult::Failed);
                         } else {
                             let r = self.n[i].d.perform(&kind);
                             self.n[i].e.disk_done(op, r);
@@ -551,6 +556,84 @@ fn writes_during_resync_win_over_older_resync_data() {
             p.n[1].e.tick(t);
         }
     }
+    p.settle();
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}
+
+#[test]
+fn a_failed_disk_detaches_and_the_primary_serves_from_its_peer() {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(0, 0x11, 4096));
+    p.n[0].fail_writes = true;
+    let w = p.submit(0, write(4096, 0x22, 4096));
+    assert_eq!(
+        p.n[0].completions.last(),
+        Some(&(w, Ok(None))),
+        "the peer has the data, so the write succeeds"
+    );
+    assert_eq!(p.n[0].e.state().disk, DiskState::Diskless);
+    assert!(p.n[0].events.contains(&Event::Detached));
+    assert_eq!(p.n[1].e.state().pdsk, DiskState::Diskless);
+    let r = p.submit(
+        0,
+        Request::Read {
+            offset: 0,
+            len: 8192,
+        },
+    );
+    let mut expect = vec![0x11; 4096];
+    expect.extend_from_slice(&[0x22; 4096]);
+    assert_eq!(
+        p.n[0].completions.last(),
+        Some(&(r, Ok(Some(Bytes::from(expect))))),
+        "reads come from the peer"
+    );
+    let before = p.n[1].e.out_of_sync_blocks();
+    p.submit(0, write(1 << 20, 0x33, 8192));
+    assert_eq!(p.n[1].d.get(1 << 20, 8192), &[0x33; 8192][..]);
+    assert_eq!(
+        p.n[1].e.out_of_sync_blocks(),
+        before + 2,
+        "the Secondary marks what its diskless Primary lacks"
+    );
+    let f = p.submit(0, Request::Flush);
+    assert!(p.n[0].completed(f));
+}
+
+#[test]
+fn a_primary_sync_target_reads_out_of_sync_blocks_from_the_source() {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(65536, 0x5A, 4096));
+    p.n[0].e.command(Command::Secondary, false).unwrap();
+    p.settle();
+    for n in &mut p.n {
+        if let Some(net) = n.e.cfg.net.as_mut() {
+            net.resync_rate_kib = 4;
+        }
+    }
+    // Node 1's copy of the block rots; invalidate makes it a full-sync target.
+    p.n[1].d.put(65536, &[0; 4096]);
+    p.n[1].e.command(Command::Invalidate, false).unwrap();
+    while p.step() {}
+    assert_eq!(p.conns(), (ConnState::SyncSource, ConnState::SyncTarget));
+    p.n[1]
+        .e
+        .command(Command::Primary { force: false }, false)
+        .unwrap();
+    while p.step() {}
+    let req = p.n[1]
+        .e
+        .submit(Request::Read {
+            offset: 65536,
+            len: 4096,
+        })
+        .unwrap();
+    while p.step() {}
+    assert_eq!(
+        p.n[1].completions.last(),
+        Some(&(req, Ok(Some(Bytes::from(vec![0x5A; 4096])))))
+    );
     p.settle();
     assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
     p.assert_identical();

@@ -51,6 +51,7 @@ pub enum Handler {
     SplitBrain,
     BeforeResyncTarget,
     AfterResyncTarget,
+    LocalIoError,
 }
 
 impl Handler {
@@ -61,6 +62,7 @@ impl Handler {
             Handler::SplitBrain => "split-brain",
             Handler::BeforeResyncTarget => "before-resync-target",
             Handler::AfterResyncTarget => "after-resync-target",
+            Handler::LocalIoError => "local-io-error",
         }
     }
 }
@@ -340,6 +342,12 @@ impl Engine {
         let old = self.state;
         let mut lost: Vec<ReqId> = Vec::new();
         for (req, p) in &mut self.requests {
+            if p.remote_read && p.local.is_none() {
+                p.local = Some(Err(super::RequestError::Io));
+                p.net = Net::NotSent;
+                lost.push(*req);
+                continue;
+            }
             if p.net.is_mirrored() && p.net != super::peer::Net::Done {
                 if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
                     let _ = self.bitmap.set_bytes(offset, len);
@@ -414,6 +422,14 @@ impl Engine {
                 data,
             } => self.on_rs_reply(id, sector, digest, data, now),
             Packet::RsNegReply { id, sector, len } => self.on_rs_neg_reply(id, sector, len, now),
+            Packet::DataRequest { id, sector, len } => self.on_data_request(id, sector, len),
+            Packet::DataReply {
+                id,
+                sector,
+                digest,
+                data,
+            } => self.on_data_reply(id, sector, digest, data),
+            Packet::NegDataReply { id, .. } => self.on_neg_data_reply(id),
             Packet::OutOfSync { sector, len } => {
                 let _ = self.bitmap.set_bytes(sector.bytes(), u64::from(len));
             }
@@ -1144,6 +1160,10 @@ impl Engine {
         if in_sync {
             let _ = self.bitmap.clear_bytes(sector.bytes(), u64::from(len));
         }
+        if ok && wrote && self.state.pdsk <= DiskState::Failed {
+            // The Primary has no disk: this node keeps track of what it lacks.
+            let _ = self.bitmap.set_bytes(sector.bytes(), u64::from(len));
+        }
         let kind = if !ok {
             AckKind::Neg
         } else if in_sync {
@@ -1215,5 +1235,210 @@ impl Engine {
             e.barrier = Some(false);
         }
         self.finish_epochs();
+    }
+
+    // ---- reads served by the peer, and losing the local disk ----
+
+    /// The peer's disk is UpToDate and reachable.
+    pub(super) fn peer_has_good_data(&self) -> bool {
+        self.mirroring() && self.state.pdsk == DiskState::UpToDate
+    }
+
+    /// A read this node's disk cannot answer correctly: no disk, or out-of-sync blocks on an
+    /// Inconsistent one (`drbd_may_do_local_read`).
+    pub(super) fn local_cannot_serve(&self, req: ReqId) -> bool {
+        let Some(p) = self.requests.get(&req) else {
+            return false;
+        };
+        let Request::Read { offset, len } = p.request else {
+            return false;
+        };
+        if self.state.disk <= DiskState::Failed {
+            return true;
+        }
+        if self.state.disk >= DiskState::UpToDate {
+            return false;
+        }
+        let first = offset / BLOCK_BYTES;
+        let end = (offset + u64::from(len)).div_ceil(BLOCK_BYTES);
+        self.bitmap.any(first..end)
+    }
+
+    /// Sends a read to the peer (`P_DATA_REQUEST`); false when the peer cannot serve it.
+    pub(super) fn read_from_peer(&mut self, req: ReqId) -> bool {
+        if !self.peer_has_good_data() {
+            return false;
+        }
+        let Some(p) = self.requests.get_mut(&req) else {
+            return false;
+        };
+        let Request::Read { offset, len } = p.request else {
+            return false;
+        };
+        p.remote_read = true;
+        p.local = None;
+        self.send(Packet::DataRequest {
+            id: req.0,
+            sector: Sector(offset / Sector::SIZE),
+            len,
+        });
+        true
+    }
+
+    /// A write or flush on a node without a disk goes to the peer only.
+    pub(super) fn issue_without_disk(&mut self, req: ReqId) {
+        let Some(p) = self.requests.get(&req) else {
+            return;
+        };
+        let request = p.request.clone();
+        let mirrored = match &request {
+            Request::Flush => {
+                self.mirror_flush(req);
+                self.requests.get(&req).is_some_and(|p| p.net.is_mirrored())
+            }
+            Request::Read { .. } => false,
+            _ => self.mirror_write(req, &request),
+        };
+        let result = if mirrored {
+            Ok(None)
+        } else {
+            Err(super::RequestError::Detached)
+        };
+        if let Some(p) = self.requests.get_mut(&req) {
+            p.local = Some(result);
+        }
+        self.maybe_complete(req);
+    }
+
+    /// `__drbd_chk_io_error_`: a local disk error, handled as `on-io-error` says.
+    pub(super) fn local_io_error(&mut self, what: &str) {
+        self.log(format!("local disk I/O error on {what}"));
+        match self.cfg.on_io_error {
+            super::OnIoError::PassOn => {}
+            super::OnIoError::CallLocalIoError => {
+                self.emit_handler(super::Handler::LocalIoError);
+            }
+            super::OnIoError::Detach => {
+                if self.state.disk > DiskState::Failed {
+                    self.log("disk( UpToDate -> Failed ): on-io-error detach".into());
+                    self.detach_after_error();
+                }
+            }
+        }
+    }
+
+    /// The disk goes Failed, then Diskless; the peer learns it and keeps the bits.
+    pub(super) fn detach_after_error(&mut self) {
+        self.force_state(|s| s.disk = DiskState::Failed);
+        self.force_state(|s| s.disk = DiskState::Diskless);
+        self.meta_queue.clear();
+        self.gating_superblocks = 0;
+        if let Some((_, req)) = self.staged.take() {
+            // Its AL transaction no longer matters.
+            self.issue(req);
+        }
+        self.out.push_back(Output::Event(super::Event::Detached));
+        self.send_state();
+        self.admit_waiting();
+        self.maybe_finish_down();
+    }
+
+    fn on_data_request(&mut self, id: u64, sector: Sector, len: u32) {
+        let offset = sector.bytes();
+        let in_range = offset
+            .checked_add(u64::from(len))
+            .is_some_and(|end| end <= self.size);
+        if !in_range || len == 0 {
+            self.protocol_error(format!(
+                "P_DATA_REQUEST {offset}+{len} is not a valid range"
+            ));
+            return;
+        }
+        let Some(link) = self.peer.as_ref().map(|p| p.gen) else {
+            return;
+        };
+        let first = offset / BLOCK_BYTES;
+        let end = (offset + u64::from(len)).div_ceil(BLOCK_BYTES);
+        let good = self.state.disk == DiskState::UpToDate
+            || (self.state.disk > DiskState::Failed && !self.bitmap.any(first..end));
+        if !good {
+            self.send(Packet::NegDataReply { id, sector, len });
+            return;
+        }
+        self.op(
+            OpFor::PeerRead { link, id, sector },
+            super::DiskOp::Read { offset, len },
+        );
+    }
+
+    pub(super) fn peer_read_done(
+        &mut self,
+        link: u64,
+        id: u64,
+        sector: Sector,
+        result: super::DiskResult,
+    ) {
+        if self.peer.as_ref().is_none_or(|p| p.gen != link) {
+            return;
+        }
+        match result {
+            super::DiskResult::Data(data) => {
+                self.counters.dr += data.len() as u64 / 1024;
+                self.counters.ns += data.len() as u64 / 1024;
+                let digest = self
+                    .cfg
+                    .net
+                    .and_then(|n| n.integrity)
+                    .map(|_| crc32c::crc32c(&data));
+                self.send(Packet::DataReply {
+                    id,
+                    sector,
+                    digest,
+                    data,
+                });
+            }
+            _ => {
+                self.local_io_error(&format!("a read for the peer at sector {}", sector.0));
+                self.send(Packet::NegDataReply {
+                    id,
+                    sector,
+                    len: Sector::SIZE as u32,
+                });
+            }
+        }
+    }
+
+    fn on_data_reply(&mut self, id: u64, sector: Sector, digest: Option<u32>, data: Bytes) {
+        let req = ReqId(id);
+        let Some(p) = self.requests.get_mut(&req).filter(|p| p.remote_read) else {
+            self.protocol_error(format!("P_DATA_REPLY for unknown request {id}"));
+            return;
+        };
+        let Request::Read { offset, len } = p.request else {
+            return;
+        };
+        if sector.bytes() != offset || data.len() != len as usize {
+            self.protocol_error(format!("P_DATA_REPLY does not answer request {id}"));
+            return;
+        }
+        if let (Some(d), Some(_)) = (digest, self.cfg.net.and_then(|n| n.integrity)) {
+            if crc32c::crc32c(&data) != d {
+                self.protocol_error("read data integrity check failed".into());
+                return;
+            }
+        }
+        self.counters.nr += data.len() as u64 / 1024;
+        p.local = Some(Ok(Some(data)));
+        p.remote_read = false;
+        self.maybe_complete(req);
+    }
+
+    fn on_neg_data_reply(&mut self, id: u64) {
+        let req = ReqId(id);
+        if let Some(p) = self.requests.get_mut(&req).filter(|p| p.remote_read) {
+            p.local = Some(Err(super::RequestError::Io));
+            p.remote_read = false;
+            self.maybe_complete(req);
+        }
     }
 }

@@ -86,6 +86,7 @@ fn config(al_extents: u16) -> EngineConfig {
         },
         seed: 42,
         net: None,
+        on_io_error: OnIoError::Detach,
     }
 }
 
@@ -363,8 +364,12 @@ fn reads_flush_trim_and_bad_ranges() {
     assert_eq!(d.get(1 << 20, 4096), &[0; 4096][..]);
     let size = e.status().size.bytes();
     assert!(matches!(
-        e.submit(write(size - 1, 1, 2)),
+        e.submit(write(size - 512, 1, 1024)),
         Err(SubmitError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        e.submit(write(size - 1024, 1, 100)),
+        Err(SubmitError::Unaligned { .. })
     ));
     let big = Request::Trim {
         offset: 0,

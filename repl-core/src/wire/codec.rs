@@ -46,6 +46,9 @@ const _: () = assert!(DATA_FIXED + MAX_DATA_BYTES <= MAX_PAYLOAD);
 /// has the packet.
 pub mod cmd {
     pub const P_DATA: u16 = 0x00;
+    pub const P_DATA_REPLY: u16 = 0x01;
+    pub const P_DATA_REQUEST: u16 = 0x08;
+    pub const P_NEG_DREPLY: u16 = 0x1a;
     pub const P_RS_DATA_REPLY: u16 = 0x02;
     pub const P_BARRIER: u16 = 0x03;
     pub const P_BITMAP: u16 = 0x04;
@@ -167,6 +170,14 @@ fn shape(kind: u16) -> Option<Shape> {
             false,
         ),
         P_NEG_RS_DREPLY => ("P_NEG_RS_DREPLY", 20, 20, false),
+        P_DATA_REQUEST => ("P_DATA_REQUEST", 20, 20, false),
+        P_DATA_REPLY => (
+            "P_DATA_REPLY",
+            RS_REPLY_FIXED,
+            RS_REPLY_FIXED + MAX_DATA_BYTES,
+            false,
+        ),
+        P_NEG_DREPLY => ("P_NEG_DREPLY", 20, 20, false),
         P_OUT_OF_SYNC => ("P_OUT_OF_SYNC", 12, 12, false),
         _ => return None,
     };
@@ -217,6 +228,9 @@ impl Packet {
             Packet::RsRequest { .. } => P_RS_DATA_REQUEST,
             Packet::RsReply { .. } => P_RS_DATA_REPLY,
             Packet::RsNegReply { .. } => P_NEG_RS_DREPLY,
+            Packet::DataRequest { .. } => P_DATA_REQUEST,
+            Packet::DataReply { .. } => P_DATA_REPLY,
+            Packet::NegDataReply { .. } => P_NEG_DREPLY,
             Packet::OutOfSync { .. } => P_OUT_OF_SYNC,
         }
     }
@@ -241,6 +255,11 @@ impl Packet {
                 ..
             }
             | Packet::RsReply {
+                digest: Some(d),
+                data,
+                ..
+            }
+            | Packet::DataReply {
                 digest: Some(d),
                 data,
                 ..
@@ -382,11 +401,13 @@ fn check_packet(p: &Packet) -> Result<(), WireError> {
         Packet::Ack { sector, len, .. }
         | Packet::RsRequest { sector, len, .. }
         | Packet::RsNegReply { sector, len, .. }
+        | Packet::DataRequest { sector, len, .. }
+        | Packet::NegDataReply { sector, len, .. }
         | Packet::OutOfSync { sector, len } => {
             check_len(name, *len)?;
             check_range(name, *sector, *len)?;
         }
-        Packet::RsReply { sector, data, .. } => {
+        Packet::RsReply { sector, data, .. } | Packet::DataReply { sector, data, .. } => {
             let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
             check_len(name, len)?;
             if len == 0 {
@@ -603,7 +624,9 @@ fn write_fields<'a>(p: &'a Packet, out: &mut BytesMut) -> Option<&'a Bytes> {
             id, sector, len, ..
         }
         | Packet::RsRequest { id, sector, len }
-        | Packet::RsNegReply { id, sector, len } => {
+        | Packet::RsNegReply { id, sector, len }
+        | Packet::DataRequest { id, sector, len }
+        | Packet::NegDataReply { id, sector, len } => {
             out.put_u64(*id);
             out.put_u64(sector.0);
             out.put_u32(*len);
@@ -617,6 +640,12 @@ fn write_fields<'a>(p: &'a Packet, out: &mut BytesMut) -> Option<&'a Bytes> {
             out.put_u32(*writes);
         }
         Packet::RsReply {
+            id,
+            sector,
+            digest,
+            data,
+        }
+        | Packet::DataReply {
             id,
             sector,
             digest,
@@ -1020,6 +1049,27 @@ fn decode_packet(kind: u16, name: &'static str, payload: Bytes) -> Result<Packet
             sector: f.sector()?,
             len: f.u32("len")?,
         },
+        P_DATA_REQUEST => Packet::DataRequest {
+            id: f.u64("id")?,
+            sector: f.sector()?,
+            len: f.u32("len")?,
+        },
+        P_DATA_REPLY => {
+            let id = f.u64("id")?;
+            let sector = f.sector()?;
+            let digest = f.digest()?;
+            Packet::DataReply {
+                id,
+                sector,
+                digest,
+                data: tail(&f),
+            }
+        }
+        P_NEG_DREPLY => Packet::NegDataReply {
+            id: f.u64("id")?,
+            sector: f.sector()?,
+            len: f.u32("len")?,
+        },
         P_OUT_OF_SYNC => Packet::OutOfSync {
             sector: f.sector()?,
             len: f.u32("len")?,
@@ -1194,6 +1244,24 @@ mod tests {
                 }
             ),
             (any::<u64>(), arb_range()).prop_map(|(id, (sector, len))| Packet::RsNegReply {
+                id,
+                sector,
+                len
+            }),
+            (any::<u64>(), arb_range()).prop_map(|(id, (sector, len))| Packet::DataRequest {
+                id,
+                sector,
+                len
+            }),
+            (any::<u64>(), 0u64..1 << 50, arb_digest(), arb_data()).prop_map(
+                |(id, s, digest, data)| Packet::DataReply {
+                    id,
+                    sector: Sector(s),
+                    digest,
+                    data,
+                }
+            ),
+            (any::<u64>(), arb_range()).prop_map(|(id, (sector, len))| Packet::NegDataReply {
                 id,
                 sector,
                 len

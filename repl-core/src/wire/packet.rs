@@ -202,6 +202,26 @@ pub enum Packet {
         sector: Sector,
         len: u32,
     },
+    /// `P_DATA_REQUEST`: read this range for me; my own disk cannot serve it (it is
+    /// Diskless after an I/O error, or the range is out of sync on a SyncTarget).
+    DataRequest {
+        id: u64,
+        sector: Sector,
+        len: u32,
+    },
+    /// `P_DATA_REPLY`: the data for a [`Packet::DataRequest`].
+    DataReply {
+        id: u64,
+        sector: Sector,
+        digest: Option<u32>,
+        data: Bytes,
+    },
+    /// `P_NEG_DREPLY`: the peer could not read it either.
+    NegDataReply {
+        id: u64,
+        sector: Sector,
+        len: u32,
+    },
     /// `P_OUT_OF_SYNC`: the sender marked this range out of sync.
     OutOfSync {
         sector: Sector,
