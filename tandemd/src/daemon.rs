@@ -313,6 +313,7 @@ impl Daemon {
                 Fencing::ResourceAndStonith
             }
         };
+        let peer = crate::peer_config::peer_setup(eff, vol)?;
         let cfg = EngineConfig {
             resource: eff.name.clone(),
             volume: vol.vnr,
@@ -324,8 +325,7 @@ impl Daemon {
                 device_open: false,
             },
             seed,
-            // The peer link arrives with replication; until then the node is StandAlone.
-            net: None,
+            net: peer.as_ref().map(|(net, _)| *net),
             on_io_error: match vol.disk_options.on_io_error {
                 drbdadm_compat::res::resolve::OnIoError::PassOn => OnIoError::PassOn,
                 drbdadm_compat::res::resolve::OnIoError::CallLocalIoError => {
@@ -353,6 +353,7 @@ impl Daemon {
             shared,
             self.registry.clone(),
             self.board.clone(),
+            peer.map(|(_, spec)| spec),
         );
         self.registry.install(&eff.name, handle.clone());
         let r = attached_rx.await.unwrap_or_else(|_| {

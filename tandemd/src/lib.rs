@@ -10,5 +10,6 @@ pub mod daemon;
 pub mod disk;
 pub mod export;
 pub mod link;
+pub mod peer_config;
 pub mod resource;
 pub mod status_file;

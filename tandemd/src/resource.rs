@@ -18,6 +18,7 @@ use repl_core::status::Status;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{info, warn};
 
+use crate::link::{LinkControl, LinkEvent, LinkSpec};
 use crate::status_file::StatusBoard;
 
 /// How often the status file's counters are refreshed while requests complete.
@@ -204,10 +205,25 @@ pub struct Task {
     status_dirty: bool,
     /// Requests completed since the status file was written (its counters are stale).
     counters_dirty: bool,
+    /// The peer link, for a resource with a peer.
+    link: Option<PeerLink>,
+    /// The engine's time origin.
+    origin: tokio::time::Instant,
+}
+
+/// The resource's side of its peer link.
+struct PeerLink {
+    spec: Option<LinkSpec>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    ctl: Option<mpsc::UnboundedSender<LinkControl>>,
+    /// The connection the engine is attached to, and where its packets go.
+    conn: u64,
+    tx: Option<mpsc::UnboundedSender<repl_core::wire::Packet>>,
 }
 
 /// Starts the task of an attached engine and returns its handle; `attached` is answered when
 /// the attach's metadata is durable (or failed).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     engine: Engine,
     attached: oneshot::Sender<Result<(), ControlError>>,
@@ -216,10 +232,19 @@ pub fn spawn(
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
+    link: Option<LinkSpec>,
 ) -> Handle {
     let (control_tx, control_rx) = mpsc::channel(16);
     let (io_tx, io_rx) = mpsc::channel(256);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let (link_tx, link_rx) = mpsc::unbounded_channel();
+    let link = link.map(|spec| PeerLink {
+        spec: Some(spec),
+        events: link_tx,
+        ctl: None,
+        conn: 0,
+        tx: None,
+    });
     let task = Task {
         engine,
         data,
@@ -235,8 +260,10 @@ pub fn spawn(
         finished: false,
         status_dirty: true,
         counters_dirty: false,
+        link,
+        origin: tokio::time::Instant::now(),
     };
-    tokio::spawn(task.run(control_rx, io_rx, done_rx));
+    tokio::spawn(task.run(control_rx, io_rx, done_rx, link_rx));
     Handle {
         shared,
         control: control_tx,
@@ -250,27 +277,117 @@ impl Task {
         mut control: mpsc::Receiver<Control>,
         mut io: mpsc::Receiver<Io>,
         mut done: mpsc::UnboundedReceiver<(OpId, DiskResult)>,
+        mut link: mpsc::UnboundedReceiver<LinkEvent>,
     ) {
         self.drain();
         let mut tick = tokio::time::interval(COUNTERS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         while !self.finished {
+            let engine_tick = self.engine.next_tick().map(|t| self.instant(t));
             tokio::select! {
                 // Completions first: they free what waiting requests need.
                 biased;
                 Some((op, result)) = done.recv() => self.engine.disk_done(op, result),
+                Some(ev) = link.recv() => self.link_event(ev),
                 Some(c) = control.recv() => self.control(c),
                 Some(r) = io.recv() => self.io(r),
-                _ = tick.tick(), if self.counters_dirty => self.status_dirty = true,
+                _ = sleep_until_some(engine_tick), if engine_tick.is_some() => {
+                    let now = self.now();
+                    self.engine.tick(now);
+                    self.status_dirty = true;
+                }
+                _ = tick.tick(), if self.counters_dirty || self.engine.next_tick().is_some() => {
+                    self.status_dirty = true;
+                }
                 else => break,
             }
             self.drain();
+        }
+        if let Some(ctl) = self.link.as_ref().and_then(|l| l.ctl.as_ref()) {
+            let _ = ctl.send(LinkControl::Stop);
         }
         // Requests that raced with the end get an error instead of silence.
         io.close();
         while let Ok(r) = io.try_recv() {
             let _ = r.reply.send(Err(submit_error(SubmitError::Down)));
         }
+    }
+
+    /// The engine's notion of now: time since the task started.
+    fn now(&self) -> repl_core::time::Instant {
+        let d = self.origin.elapsed();
+        repl_core::time::Instant::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// An engine instant as a tokio instant.
+    fn instant(&self, t: repl_core::time::Instant) -> tokio::time::Instant {
+        self.origin + std::time::Duration::from_nanos(t.as_nanos())
+    }
+
+    /// Connects the engine and starts the link task (after the attach is durable).
+    fn start_link(&mut self) {
+        let prefix = self.prefix();
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let Some(spec) = link.spec.take() else {
+            return;
+        };
+        if let Err(e) = self.engine.command(Command::Connect, false) {
+            warn!("{}: connect: {e}", self.prefix());
+            return;
+        }
+        info!(
+            "{prefix}: {} {} -> {} ({})",
+            if spec.accepts() { "listening on" } else { "connecting from" },
+            spec.local,
+            spec.peer,
+            spec.config.peer_node
+        );
+        link.ctl = Some(crate::link::spawn(spec, link.events.clone()));
+    }
+
+    fn link_event(&mut self, ev: LinkEvent) {
+        let prefix = self.prefix();
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        match ev {
+            LinkEvent::Up { conn, peer, tx } => {
+                if !self.engine.wants_link() {
+                    if let Some(ctl) = &link.ctl {
+                        let _ = ctl.send(LinkControl::Close { reconnect: false });
+                    }
+                    return;
+                }
+                info!(
+                    "{prefix}: connected to {} (protocol {:?})",
+                    peer.node,
+                    peer.protocol
+                );
+                link.conn = conn;
+                link.tx = Some(tx);
+                self.engine.peer_connected(repl_core::engine::LinkParams {
+                    protocol: peer.protocol,
+                    integrity: peer.integrity,
+                    resolve_conflicts: peer.resolve_conflicts,
+                    discard_my_data: false,
+                });
+            }
+            LinkEvent::Packet { conn, packet } => {
+                if conn == link.conn && link.tx.is_some() {
+                    let now = self.now();
+                    self.engine.receive(packet, now);
+                }
+            }
+            LinkEvent::Down { conn, reason } => {
+                if conn == link.conn && link.tx.take().is_some() {
+                    warn!("{prefix}: connection lost: {reason}");
+                    self.engine.peer_lost();
+                }
+            }
+        }
+        self.status_dirty = true;
     }
 
     fn prefix(&self) -> String {
@@ -318,6 +435,11 @@ impl Task {
         if let Err(e) = &r {
             warn!("{}: {e}", self.prefix());
         }
+        if cmd == Command::Connect && r.is_ok() {
+            if let Some(ctl) = self.link.as_ref().and_then(|l| l.ctl.as_ref()) {
+                let _ = ctl.send(LinkControl::Connect);
+            }
+        }
         r
     }
 
@@ -359,8 +481,19 @@ impl Task {
                     }
                 }
                 Output::Event(ev) => self.event(ev),
-                // No peer link yet: the engine has no peer to send to.
-                Output::Send(_) | Output::Disconnect { .. } => {}
+                Output::Send(p) => {
+                    if let Some(tx) = self.link.as_ref().and_then(|l| l.tx.as_ref()) {
+                        let _ = tx.send(p);
+                    }
+                }
+                Output::Disconnect { reconnect } => {
+                    if let Some(link) = self.link.as_mut() {
+                        link.tx = None;
+                        if let Some(ctl) = &link.ctl {
+                            let _ = ctl.send(LinkControl::Close { reconnect });
+                        }
+                    }
+                }
             }
         }
         if self.status_dirty && !self.finished {
@@ -385,7 +518,8 @@ impl Task {
             Event::MetadataWritten => {
                 self.status_dirty = true;
                 if let Some(up) = self.attached.take() {
-                    let r = if self.engine.state().disk == DiskState::Failed {
+                    let failed = self.engine.state().disk <= DiskState::Failed;
+                    let r = if failed {
                         Err(ControlError::new(
                             10,
                             format!(
@@ -397,6 +531,9 @@ impl Task {
                         Ok(())
                     };
                     let _ = up.send(r);
+                    if !failed {
+                        self.start_link();
+                    }
                 }
             }
             Event::Down => {
@@ -537,5 +674,13 @@ mod tests {
             submit_error(SubmitError::TooLarge(1 << 30)).raw_os_error(),
             Some(libc::EINVAL)
         );
+    }
+}
+
+/// Sleeps until `at`; never returns when there is no deadline.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
