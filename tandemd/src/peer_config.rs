@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use drbdadm_compat::control::ControlError;
-use drbdadm_compat::res::resolve::{EffectiveResource, EffectiveVolume, Endpoint};
 use drbdadm_compat::res::resolve::Protocol as ResProtocol;
+use drbdadm_compat::res::resolve::{EffectiveResource, EffectiveVolume, Endpoint};
 use repl_core::engine::NetConfig;
 use repl_core::link::LinkConfig;
 use repl_core::wire::{IntegrityAlg, Protocol};
@@ -45,7 +45,8 @@ pub fn peer_setup(
             )))
         }
     };
-    let secret = secret(net.cram_hmac_alg.as_deref(), net.shared_secret.as_deref()).map_err(fail)?;
+    let secret =
+        secret(net.cram_hmac_alg.as_deref(), net.shared_secret.as_deref()).map_err(fail)?;
     let peer_node = peer.names.first().cloned().unwrap_or_default();
     let config = LinkConfig {
         resource: eff.name.clone(),

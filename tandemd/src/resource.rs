@@ -339,7 +339,11 @@ impl Task {
         }
         info!(
             "{prefix}: {} {} -> {} ({})",
-            if spec.accepts() { "listening on" } else { "connecting from" },
+            if spec.accepts() {
+                "listening on"
+            } else {
+                "connecting from"
+            },
             spec.local,
             spec.peer,
             spec.config.peer_node
@@ -362,8 +366,7 @@ impl Task {
                 }
                 info!(
                     "{prefix}: connected to {} (protocol {:?})",
-                    peer.node,
-                    peer.protocol
+                    peer.node, peer.protocol
                 );
                 link.conn = conn;
                 link.tx = Some(tx);
@@ -627,6 +630,14 @@ fn request_error(e: RequestError) -> io::Error {
     io::Error::from_raw_os_error(libc::EIO)
 }
 
+/// Sleeps until `at`; never returns when there is no deadline.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,13 +685,5 @@ mod tests {
             submit_error(SubmitError::TooLarge(1 << 30)).raw_os_error(),
             Some(libc::EINVAL)
         );
-    }
-}
-
-/// Sleeps until `at`; never returns when there is no deadline.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
