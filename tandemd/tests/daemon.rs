@@ -311,7 +311,7 @@ fn lifecycle_up_promote_write_demote_down_up_again() {
         "{file}"
     );
     assert!(
-        file.contains(" 0: cs:StandAlone ro:Secondary/Unknown ds:Inconsistent/DUnknown"),
+        file.contains(" 0: cs:WFConnection ro:Secondary/Unknown ds:Inconsistent/DUnknown"),
         "{file}"
     );
 

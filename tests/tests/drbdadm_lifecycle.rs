@@ -126,7 +126,7 @@ fn first_node_alone_create_md_up_primary_io_down_up() {
 
     n.ok(&["up", "r0"]);
     assert_eq!(n.ok(&["role", "r0"]), "Secondary/Unknown\n");
-    assert_eq!(n.ok(&["cstate", "r0"]), "StandAlone\n");
+    assert_eq!(n.ok(&["cstate", "r0"]), "WFConnection\n");
     assert_eq!(n.ok(&["dstate", "r0"]), "Inconsistent/DUnknown\n");
     let refused = n.drbdadm(&["primary", "r0"]);
     assert_eq!(refused.status.code(), Some(17));
@@ -142,7 +142,7 @@ fn first_node_alone_create_md_up_primary_io_down_up() {
     n.ok(&["--", "--overwrite-data-of-peer", "primary", "r0"]);
     assert_eq!(
         n.ok(&["status", "r0"]),
-        "r0 role:Primary\n  disk:UpToDate\n\n"
+        "r0 role:Primary\n  disk:UpToDate\n  peer connection:Connecting\n\n"
     );
     let w = qemu_io(
         &n.uri(),
@@ -156,7 +156,7 @@ fn first_node_alone_create_md_up_primary_io_down_up() {
     assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stdout));
     let proc = n.ok(&["proc-drbd"]);
     assert!(
-        proc.contains(" 0: cs:StandAlone ro:Primary/Unknown ds:UpToDate/DUnknown"),
+        proc.contains(" 0: cs:WFConnection ro:Primary/Unknown ds:UpToDate/DUnknown C r-----"),
         "{proc}"
     );
     // No peer: everything written is out of sync (1 MiB + 4 KiB), and one AL transaction.
