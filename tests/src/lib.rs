@@ -1,6 +1,8 @@
 //! Helpers for multi-process tests: find the built binaries, start servers, run clients, and
 //! clean up every process, mount and loop device even when a test fails.
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,258 @@
+//! Two daemons on loopback (127.0.0.1 and 127.0.0.2), driven through the real `drbdadm`:
+//! DRBD's first-sync and skip-sync workflows, a reconnect that resyncs only what changed, the
+//! Primary killed during a verified fio job, a wrong shared secret, a peer that is too small.
+
+use std::process::Command;
+
+use tandem_tests::cluster::{Cluster, ClusterOpts};
+use tandem_tests::*;
+
+const MIB: u64 = 1 << 20;
+/// What the two data areas of 64 MiB backing files are compared over (the metadata is at the
+/// end, after the usable 65,496 KiB).
+const DATA: u64 = 63 * MIB;
+
+fn qemu_io(uri: &str, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw", "-t", "none"]);
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    run_ok(c.arg(uri));
+}
+
+#[test]
+fn seed_001_first_sync_then_every_write_on_both_disks() {
+    if !require("qemu-io", "qemu-utils") {
+        return;
+    }
+    let c = Cluster::new(ClusterOpts::default());
+    // Something on alpha's disk before anything: only a full sync carries it over.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&c.node(0).disk)
+            .expect("disk");
+        f.write_all_at(&[0x42; 4096], 10 * MIB).expect("marker");
+    }
+    c.up();
+    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
+    let (a, b) = (c.node(0), c.node(1));
+    assert!(a.log().contains("uuid_compare()=0 by rule 10"), "{}", a.log());
+    a.ok(&["primary", "--force", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    assert!(b.log().contains("uuid_compare()=-2 by rule 20"), "{}", b.log());
+    assert!(b.log().contains("Began resync as SyncTarget (will sync 65496 KB"));
+    assert!(a.log().contains("Began resync as SyncSource"));
+    assert_eq!(a.ok(&["role", "r0"]), "Primary/Secondary\n");
+    assert_eq!(b.ok(&["role", "r0"]), "Secondary/Primary\n");
+    assert_eq!(a.ok(&["dstate", "r0"]), "UpToDate/UpToDate\n");
+    assert!(c.data_identical(DATA), "the full sync copied alpha's data");
+
+    // Protocol C: qemu-io's writes are on beta's disk when they return.
+    qemu_io(&a.uri(), &["w -P 0x5c 1M 1M", "w -f -P 0x5d 3M 4k", "flush"]);
+    assert!(c.data_identical(DATA));
+    let proc = a.proc_drbd();
+    assert!(
+        proc.contains(" 0: cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate C r-----"),
+        "{proc}"
+    );
+    assert!(proc.contains("oos:0"), "{proc}");
+    // The second primary is refused with DRBD's words.
+    let o = b.drbdadm(&["primary", "r0"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Multiple primaries not allowed by config"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let status = a.ok(&["status", "r0"]);
+    assert!(
+        status.contains("peer role:Secondary") && status.contains("peer-disk:UpToDate"),
+        "{status}"
+    );
+}
+
+#[test]
+fn seed_004_both_new_skip_the_initial_sync() {
+    let c = Cluster::new(ClusterOpts::default());
+    c.up();
+    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
+    c.node(0).ok(&["new-current-uuid", "--clear-bitmap", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    for n in &c.nodes {
+        assert!(!n.log().contains("Began resync"), "{}", n.log());
+    }
+    c.node(1).ok(&["primary", "r0"]);
+}
+
+#[test]
+fn reconnect_resyncs_only_the_blocks_written_meanwhile() {
+    if !require("qemu-io", "qemu-utils") {
+        return;
+    }
+    let c = Cluster::new(ClusterOpts::default());
+    c.up();
+    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
+    let (a, b) = (c.node(0), c.node(1));
+    a.ok(&["primary", "--force", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    b.ok(&["down", "r0"]);
+    a.wait_for("WFConnection", |n| n.query("cstate") == "WFConnection");
+    // About 1% of the volume, in 64 KiB pieces spread over it.
+    let writes: Vec<String> = (0..10)
+        .map(|i| format!("w -P {} {}k 64k", i + 1, i * 6 * 1024))
+        .collect();
+    let cmds: Vec<&str> = writes.iter().map(String::as_str).collect();
+    qemu_io(&a.uri(), &cmds);
+    assert!(a.proc_drbd().contains("oos:640"), "{}", a.proc_drbd());
+    b.ok(&["up", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    let log = b.log();
+    assert!(log.contains("uuid_compare()=-1 by rule 50"), "{log}");
+    assert!(
+        log.contains("Began resync as SyncTarget (will sync 640 KB [160 bits set])."),
+        "only what changed is resynced: {log}"
+    );
+    assert!(c.data_identical(DATA));
+}
+
+#[test]
+fn primary_killed_during_fio_verify_then_the_secondary_has_every_acked_write() {
+    if !require("fio", "fio") {
+        return;
+    }
+    let c = Cluster::new(ClusterOpts::default());
+    c.up();
+    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
+    let (a, b) = (c.node(0), c.node(1));
+    a.ok(&["new-current-uuid", "--clear-bitmap", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    a.ok(&["primary", "r0"]);
+    let work = c.dir.path().join("fio");
+    std::fs::create_dir_all(&work).expect("fio dir");
+    let fio = |uri: &str, extra: &[&str]| {
+        let mut cmd = Command::new("fio");
+        cmd.current_dir(&work).args([
+            "--name=crash",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            "--size=48M",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--verify_state_save=1",
+            "--randrepeat=1",
+        ]);
+        cmd.args(extra);
+        cmd
+    };
+    let mut writer = fio(&a.uri(), &["--do_verify=0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fio");
+    // Kill alpha once a good amount has been written and mirrored.
+    a.wait_for("8 MiB written", |n| {
+        n.proc_drbd()
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("dw:"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|kib| kib >= 8 * 1024)
+    });
+    a.kill9();
+    let status = writer.wait().expect("fio");
+    assert!(
+        !status.success(),
+        "fio finished before the kill: the test would prove nothing"
+    );
+    b.wait_for("the peer gone", |n| n.query("cstate") == "WFConnection");
+    b.ok(&["primary", "r0"]);
+    // fio verifies what its saved state says completed before the crash.
+    let report = work.join("verify.json");
+    let output = format!("--output={}", report.display());
+    let out = fio(
+        &b.uri(),
+        &[
+            "--verify_only",
+            "--verify_state_load=1",
+            "--output-format=json",
+            &output,
+        ],
+    )
+    .output()
+    .expect("fio verify");
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "verify on the promoted Secondary failed:\n{stderr}\n{}",
+        mismatch_report(&c, &stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).expect("fio json");
+    let verified = v["jobs"][0]["read"]["io_bytes"].as_u64().unwrap_or(0);
+    assert!(verified >= 8 * MIB, "fio verified only {verified} bytes: {text}");
+    // The old Primary comes back as the target of a bitmap resync.
+    a.ok(&["up", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    assert!(a.log().contains("Began resync as SyncTarget"), "{}", a.log());
+    assert!(c.data_identical(DATA));
+}
+
+#[test]
+fn a_wrong_shared_secret_is_refused() {
+    let secret = |s: &str| format!("    cram-hmac-alg sha256;\n    shared-secret \"{s}\";");
+    let c = Cluster::new(ClusterOpts {
+        net: [secret("right"), secret("wrong")],
+        ..ClusterOpts::default()
+    });
+    c.up();
+    c.node(1).wait_for("the refusal", |n| {
+        n.log().contains("Authentication of peer failed")
+    });
+    for n in &c.nodes {
+        assert_eq!(n.query("cstate"), "WFConnection");
+    }
+}
+
+#[test]
+fn a_peer_too_small_for_the_data_is_refused() {
+    let c = Cluster::new(ClusterOpts {
+        sizes: [64 * MIB, 32 * MIB],
+        ..ClusterOpts::default()
+    });
+    for n in &c.nodes {
+        n.ok(&["create-md", "--force", "r0"]);
+    }
+    let (a, b) = (c.node(0), c.node(1));
+    a.ok(&["up", "r0"]);
+    a.ok(&["primary", "--force", "r0"]);
+    b.ok(&["up", "r0"]);
+    a.wait_for("the refusal", |n| {
+        n.log().contains("The peer's disk size is too small!")
+    });
+    a.wait_for("StandAlone", |n| n.query("cstate") == "StandAlone");
+}
+
+/// For a failed fio verify: what each node's disk holds at the offset fio names.
+fn mismatch_report(c: &Cluster, fio_stderr: &str) -> String {
+    use std::os::unix::fs::FileExt;
+    let Some(offset) = fio_stderr
+        .split("offset ")
+        .nth(1)
+        .and_then(|r| r.split([',', ' ']).next())
+        .and_then(|n| n.parse::<u64>().ok())
+    else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for n in &c.nodes {
+        let mut b = [0u8; 16];
+        let r = std::fs::File::open(&n.disk).and_then(|f| f.read_exact_at(&mut b, offset));
+        out.push_str(&format!("{} at {offset}: {r:?} {b:02x?}\n", n.name));
+    }
+    out
+}
