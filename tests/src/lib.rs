@@ -1,6 +1,7 @@
 //! Helpers for multi-process tests: find the built binaries, start servers, run clients, and
 //! clean up every process, mount and loop device even when a test fails.
 
+pub mod acked;
 pub mod cluster;
 
 use std::io::{BufRead, BufReader};

@@ -39,11 +39,21 @@ fn seed_001_first_sync_then_every_write_on_both_disks() {
     c.up();
     c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
     let (a, b) = (c.node(0), c.node(1));
-    assert!(a.log().contains("uuid_compare()=0 by rule 10"), "{}", a.log());
+    assert!(
+        a.log().contains("uuid_compare()=0 by rule 10"),
+        "{}",
+        a.log()
+    );
     a.ok(&["primary", "--force", "r0"]);
     c.wait_states("Connected", ["UpToDate", "UpToDate"]);
-    assert!(b.log().contains("uuid_compare()=-2 by rule 20"), "{}", b.log());
-    assert!(b.log().contains("Began resync as SyncTarget (will sync 65496 KB"));
+    assert!(
+        b.log().contains("uuid_compare()=-2 by rule 20"),
+        "{}",
+        b.log()
+    );
+    assert!(b
+        .log()
+        .contains("Began resync as SyncTarget (will sync 65496 KB"));
     assert!(a.log().contains("Began resync as SyncSource"));
     assert_eq!(a.ok(&["role", "r0"]), "Primary/Secondary\n");
     assert_eq!(b.ok(&["role", "r0"]), "Secondary/Primary\n");
@@ -51,7 +61,10 @@ fn seed_001_first_sync_then_every_write_on_both_disks() {
     assert!(c.data_identical(DATA), "the full sync copied alpha's data");
 
     // Protocol C: qemu-io's writes are on beta's disk when they return.
-    qemu_io(&a.uri(), &["w -P 0x5c 1M 1M", "w -f -P 0x5d 3M 4k", "flush"]);
+    qemu_io(
+        &a.uri(),
+        &["w -P 0x5c 1M 1M", "w -f -P 0x5d 3M 4k", "flush"],
+    );
     assert!(c.data_identical(DATA));
     let proc = a.proc_drbd();
     assert!(
@@ -172,6 +185,10 @@ fn primary_killed_during_fio_verify_then_the_secondary_has_every_acked_write() {
     b.wait_for("the peer gone", |n| n.query("cstate") == "WFConnection");
     b.ok(&["primary", "r0"]);
     // fio verifies what its saved state says completed before the crash.
+    // fio counts the writes that failed when alpha died as written (its verify state has no
+    // record of their failure), so at most `iodepth` blocks may be reported, each one never
+    // written on the Secondary. The strict check, with exact acknowledgements, is
+    // `primary_killed_mid_write_the_secondary_holds_every_acknowledged_write`.
     let report = work.join("verify.json");
     let output = format!("--output={}", report.display());
     let out = fio(
@@ -179,6 +196,7 @@ fn primary_killed_during_fio_verify_then_the_secondary_has_every_acked_write() {
         &[
             "--verify_only",
             "--verify_state_load=1",
+            "--verify_fatal=0",
             "--output-format=json",
             &output,
         ],
@@ -187,18 +205,27 @@ fn primary_killed_during_fio_verify_then_the_secondary_has_every_acked_write() {
     .expect("fio verify");
     let text = std::fs::read_to_string(&report).unwrap_or_default();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let bad = mismatched_offsets(&stderr);
     assert!(
-        out.status.success(),
+        bad.len() <= 16 && bad.iter().all(|&o| untouched(b, o)),
         "verify on the promoted Secondary failed:\n{stderr}\n{}",
         mismatch_report(&c, &stderr)
     );
     let v: serde_json::Value = serde_json::from_str(&text).expect("fio json");
     let verified = v["jobs"][0]["read"]["io_bytes"].as_u64().unwrap_or(0);
-    assert!(verified >= 8 * MIB, "fio verified only {verified} bytes: {text}");
+    let _ = out;
+    assert!(
+        verified >= 8 * MIB,
+        "fio verified only {verified} bytes: {text}"
+    );
     // The old Primary comes back as the target of a bitmap resync.
     a.ok(&["up", "r0"]);
     c.wait_states("Connected", ["UpToDate", "UpToDate"]);
-    assert!(a.log().contains("Began resync as SyncTarget"), "{}", a.log());
+    assert!(
+        a.log().contains("Began resync as SyncTarget"),
+        "{}",
+        a.log()
+    );
     assert!(c.data_identical(DATA));
 }
 
@@ -255,4 +282,61 @@ fn mismatch_report(c: &Cluster, fio_stderr: &str) -> String {
         out.push_str(&format!("{} at {offset}: {r:?} {b:02x?}\n", n.name));
     }
     out
+}
+
+/// Offsets fio's verify reported as bad.
+fn mismatched_offsets(fio_stderr: &str) -> Vec<u64> {
+    fio_stderr
+        .lines()
+        .filter(|l| l.starts_with("verify:"))
+        .filter_map(|l| {
+            l.split("offset ")
+                .nth(1)
+                .and_then(|r| r.split([',', ' ']).next())
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
+}
+
+/// The 4 KiB block at `offset` is all zeros on this node's disk.
+fn untouched(n: &tandem_tests::cluster::ClusterNode, offset: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; 4096];
+    std::fs::File::open(&n.disk)
+        .and_then(|f| f.read_exact_at(&mut b, offset))
+        .is_ok()
+        && b.iter().all(|&x| x == 0)
+}
+
+#[test]
+fn primary_killed_mid_write_the_secondary_holds_every_acknowledged_write() {
+    let c = Cluster::new(ClusterOpts::default());
+    c.up();
+    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
+    let (a, b) = (c.node(0), c.node(1));
+    a.ok(&["new-current-uuid", "--clear-bitmap", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    a.ok(&["primary", "r0"]);
+    let pid = a.pid().expect("alpha's pid");
+    let socket = a.run.join("nbd.sock");
+    let acked = tandem_tests::acked::write_until_failure(&socket, "r0", 12 * 1024, 16, 7, |n| {
+        if n == 3000 {
+            // SAFETY: kill on the pid alpha's daemon recorded.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    assert!(
+        (3000..12 * 1024).contains(&acked.len()),
+        "the kill came mid-stream: {} acknowledged",
+        acked.len()
+    );
+    b.wait_for("the peer gone", |n| n.query("cstate") == "WFConnection");
+    let missing = tandem_tests::acked::missing(&b.disk, &acked);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes are not on the Secondary, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    b.ok(&["primary", "r0"]);
 }
