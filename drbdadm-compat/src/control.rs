@@ -82,6 +82,18 @@ pub enum Op {
     Outdate {
         resource: String,
     },
+    /// Connect to the peer (after `disconnect`).
+    Connect {
+        resource: String,
+    },
+    /// Drop the peer link and stay StandAlone.
+    Disconnect {
+        resource: String,
+    },
+    /// `invalidate`: this node's data becomes the target of a full resync.
+    Invalidate {
+        resource: String,
+    },
     /// Snapshots of every resource that is up.
     Status,
 }

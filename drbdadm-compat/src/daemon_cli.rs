@@ -1,5 +1,5 @@
 //! The `drbdadm` commands that tandemd carries out (`up`, `down`, `primary`, `secondary`,
-//! `new-current-uuid`, `outdate`) and the status queries (`role`, `cstate`, `dstate`, `status`,
+//! `new-current-uuid`, `outdate`, `connect`, `disconnect`, `invalidate`) and the status queries (`role`, `cstate`, `dstate`, `status`,
 //! `proc-drbd`), sent over the control socket of the daemon in the run directory.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +20,9 @@ pub const COMMANDS: &[&str] = &[
     "secondary",
     "new-current-uuid",
     "outdate",
+    "connect",
+    "disconnect",
+    "invalidate",
     "role",
     "cstate",
     "dstate",
@@ -94,6 +97,15 @@ pub fn run(inv: &Invocation, env: &NodeEnv, opts: &DaemonOptions) -> Outcome {
                     "new-current-uuid" => Op::NewCurrentUuid {
                         resource: name.clone(),
                         clear_bitmap: opts.clear_bitmap,
+                    },
+                    "connect" => Op::Connect {
+                        resource: name.clone(),
+                    },
+                    "disconnect" => Op::Disconnect {
+                        resource: name.clone(),
+                    },
+                    "invalidate" => Op::Invalidate {
+                        resource: name.clone(),
                     },
                     _ => Op::Outdate {
                         resource: name.clone(),

@@ -184,6 +184,9 @@ impl Daemon {
                     .await
             }
             Op::Outdate { resource } => self.command(&resource, Command::Outdate).await,
+            Op::Connect { resource } => self.command(&resource, Command::Connect).await,
+            Op::Disconnect { resource } => self.command(&resource, Command::Disconnect).await,
+            Op::Invalidate { resource } => self.command(&resource, Command::Invalidate).await,
             Op::Status => Ok(Reply::Status {
                 resources: self.status().await,
             }),
@@ -354,6 +357,17 @@ impl Daemon {
             self.registry.clone(),
             self.board.clone(),
             peer.map(|(_, spec)| spec),
+            crate::handlers::Handlers {
+                resource: eff.name.clone(),
+                minor: vol.minor,
+                volume: vol.vnr,
+                peer: eff
+                    .peer
+                    .as_ref()
+                    .and_then(|p| p.names.first().cloned())
+                    .unwrap_or_default(),
+                commands: eff.handlers.clone(),
+            },
         );
         self.registry.install(&eff.name, handle.clone());
         let r = attached_rx.await.unwrap_or_else(|_| {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod disk;
 pub mod export;
+pub mod handlers;
 pub mod link;
 pub mod peer_config;
 pub mod resource;

@@ -209,6 +209,7 @@ pub struct Task {
     link: Option<PeerLink>,
     /// The engine's time origin.
     origin: tokio::time::Instant,
+    handlers: crate::handlers::Handlers,
 }
 
 /// The resource's side of its peer link.
@@ -233,6 +234,7 @@ pub fn spawn(
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
     link: Option<LinkSpec>,
+    handlers: crate::handlers::Handlers,
 ) -> Handle {
     let (control_tx, control_rx) = mpsc::channel(16);
     let (io_tx, io_rx) = mpsc::channel(256);
@@ -262,6 +264,7 @@ pub fn spawn(
         counters_dirty: false,
         link,
         origin: tokio::time::Instant::now(),
+        handlers,
     };
     tokio::spawn(task.run(control_rx, io_rx, done_rx, link_rx));
     Handle {
@@ -561,11 +564,7 @@ impl Task {
                 "{}: the backing device failed and was detached",
                 self.prefix()
             ),
-            Event::Handler(h) => info!(
-                "{}: helper command: {} (not run yet)",
-                self.prefix(),
-                h.name()
-            ),
+            Event::Handler(h) => self.handlers.run(h),
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct ClusterOpts {
     pub protocol: char,
     /// Addresses of the two nodes (`None`: 127.0.0.1 and 127.0.0.2 with a free port).
     pub addresses: Option<[String; 2]>,
+    /// Lines for a `handlers` section (none when empty).
+    pub handlers: String,
 }
 
 impl Default for ClusterOpts {
@@ -34,6 +36,7 @@ impl Default for ClusterOpts {
             disk: "resync-rate 1000M;".into(),
             protocol: 'C',
             addresses: None,
+            handlers: String::new(),
         }
     }
 }
@@ -90,6 +93,9 @@ impl Cluster {
                 "resource r0 {{\n  protocol {};\n  net {{\n    connect-int 1;\n    ping-int 1;\n    ping-timeout 5;\n{}\n  }}\n  disk {{\n    {}\n  }}\n",
                 opts.protocol, opts.net[i], opts.disk
             );
+            if !opts.handlers.is_empty() {
+                text.push_str(&format!("  handlers {{\n    {}\n  }}\n", opts.handlers));
+            }
             for (j, host) in NODES.iter().enumerate() {
                 text.push_str(&format!(
                     "  on {host} {{\n    device /dev/drbd0;\n    disk {};\n    address {};\n    meta-disk internal;\n  }}\n",

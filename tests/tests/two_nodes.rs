@@ -340,3 +340,57 @@ fn primary_killed_mid_write_the_secondary_holds_every_acknowledged_write() {
     );
     b.ok(&["primary", "r0"]);
 }
+
+#[test]
+fn split_brain_is_detected_and_the_handler_runs() {
+    if !require("qemu-io", "qemu-utils") {
+        return;
+    }
+    let marks = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::new(ClusterOpts {
+        handlers: format!(
+            "split-brain \"echo $DRBD_RESOURCE > {}/sb-$DRBD_MINOR-$$\";",
+            marks.path().display()
+        ),
+        ..ClusterOpts::default()
+    });
+    c.up();
+    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
+    let (a, b) = (c.node(0), c.node(1));
+    a.ok(&["new-current-uuid", "--clear-bitmap", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    for n in &c.nodes {
+        n.ok(&["disconnect", "r0"]);
+        assert_eq!(n.query("cstate"), "StandAlone");
+    }
+    a.ok(&["primary", "r0"]);
+    b.ok(&["primary", "r0"]);
+    qemu_io(&a.uri(), &["w -P 1 0 64k"]);
+    qemu_io(&b.uri(), &["w -P 2 1M 64k"]);
+    for n in &c.nodes {
+        n.ok(&["connect", "r0"]);
+    }
+    for n in &c.nodes {
+        n.wait_for("split brain", |n| {
+            n.log()
+                .contains("Split-Brain detected but unresolved, dropping connection!")
+                && n.query("cstate") == "StandAlone"
+        });
+        assert!(
+            n.log().contains("uuid_compare()=100 by rule 90"),
+            "{}",
+            n.log()
+        );
+    }
+    // Both handlers ran (one file per run).
+    let wait = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(marks.path()).map_or(0, |d| d.count()) < 2 {
+        assert!(
+            std::time::Instant::now() < wait,
+            "split-brain handler did not run twice"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Nothing was merged: each node kept its own write.
+    assert!(!c.data_identical(DATA));
+}
