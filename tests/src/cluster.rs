@@ -51,10 +51,11 @@ pub struct ClusterNode {
     pub wrapper: Vec<String>,
 }
 
-/// Two nodes sharing a scratch directory.
+/// Two nodes sharing a scratch directory. The nodes come first so that they drop (and kill
+/// their daemons, whose pids are in the run directories) before the directory is removed.
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub nodes: [ClusterNode; 2],
+    pub dir: tempfile::TempDir,
 }
 
 /// A free TCP port on 127.0.0.2 (the listening node's address).
@@ -118,7 +119,7 @@ impl Cluster {
             Ok(n) => n,
             Err(_) => unreachable!("two nodes"),
         };
-        Cluster { dir, nodes }
+        Cluster { nodes, dir }
     }
 
     pub fn node(&self, i: usize) -> &ClusterNode {
