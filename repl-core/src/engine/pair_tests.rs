@@ -71,8 +71,12 @@ fn net_config(protocol: Protocol) -> NetConfig {
 
 impl Pair {
     fn new(protocol: Protocol) -> Pair {
-        let make = |seed| {
-            let mut d = MemDisk::created();
+        Pair::with_sizes(protocol, [DEV, DEV])
+    }
+
+    fn with_sizes(protocol: Protocol, devs: [u64; 2]) -> Pair {
+        let make = |seed: u64| {
+            let mut d = MemDisk::created_with(devs[seed as usize - 1]);
             let mut cfg = config(61);
             cfg.seed = seed;
             cfg.net = Some(net_config(protocol));
@@ -637,4 +641,36 @@ fn a_primary_sync_target_reads_out_of_sync_blocks_from_the_source() {
     p.settle();
     assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
     p.assert_identical();
+}
+
+#[test]
+fn fresh_nodes_of_different_sizes_agree_on_the_smaller() {
+    let mut p = Pair::with_sizes(Protocol::C, [DEV, DEV / 2]);
+    let small = p.n[1].e.size;
+    assert!(p.n[0].e.size > small);
+    p.connect();
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.n[0].e.size, small, "the larger node shrinks to its peer");
+    assert_eq!(p.n[0].e.status().size.bytes(), small);
+    p.n[0]
+        .e
+        .command(Command::Primary { force: true }, false)
+        .unwrap();
+    p.settle();
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    let out_of_range = p.n[0].e.submit(write(small, 1, 4096));
+    assert!(matches!(out_of_range, Err(SubmitError::OutOfRange { .. })));
+}
+
+#[test]
+fn an_up_to_date_node_refuses_a_smaller_peer() {
+    let mut p = Pair::with_sizes(Protocol::C, [DEV, DEV / 2]);
+    p.n[0]
+        .e
+        .command(Command::Primary { force: true }, false)
+        .unwrap();
+    p.settle();
+    p.connect();
+    assert!(p.n[0].logged("The peer's disk size is too small!"));
+    assert_eq!(p.n[0].e.state().conn, ConnState::StandAlone);
 }

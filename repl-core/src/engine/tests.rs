@@ -18,9 +18,14 @@ struct MemDisk {
 impl MemDisk {
     /// `create-md` on a zeroed device.
     fn created() -> MemDisk {
-        let layout = Layout::internal(DEV, AlGeometry::default()).unwrap();
+        MemDisk::created_with(DEV)
+    }
+
+    /// `create-md` on a zeroed device of `dev` bytes.
+    fn created_with(dev: u64) -> MemDisk {
+        let layout = Layout::internal(dev, AlGeometry::default()).unwrap();
         let mut d = MemDisk {
-            bytes: vec![0; DEV as usize],
+            bytes: vec![0; dev as usize],
             layout,
         };
         for w in meta::create_md(&layout, &Superblock::fresh(&layout)) {
