@@ -297,11 +297,9 @@ impl Task {
                 _ = sleep_until_some(engine_tick), if engine_tick.is_some() => {
                     let now = self.now();
                     self.engine.tick(now);
-                    self.status_dirty = true;
+                    self.counters_dirty = true;
                 }
-                _ = tick.tick(), if self.counters_dirty || self.engine.next_tick().is_some() => {
-                    self.status_dirty = true;
-                }
+                _ = tick.tick(), if self.counters_dirty => self.status_dirty = true,
                 else => break,
             }
             self.drain();
@@ -393,7 +391,9 @@ impl Task {
                 }
             }
         }
-        self.status_dirty = true;
+        // State changes mark the status file themselves; counters refresh at most once a
+        // second (rewriting the file for every packet cost a millisecond per write).
+        self.counters_dirty = true;
     }
 
     fn prefix(&self) -> String {
