@@ -133,23 +133,39 @@ pub struct Timing {
 
 /// `nbd+unix:///?socket=PATH` with the path percent-encoded where needed.
 pub fn nbd_unix_uri(socket: &Path) -> String {
-    let mut uri = String::from("nbd+unix:///?socket=");
-    for &b in socket.as_os_str().as_bytes() {
-        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
-            uri.push(char::from(b));
-        } else {
-            uri.push_str(&format!("%{b:02X}"));
-        }
-    }
+    nbd_unix_export_uri("", socket)
+}
+
+/// `nbd+unix:///EXPORT?socket=PATH`, the export name and the path percent-encoded where needed.
+pub fn nbd_unix_export_uri(export: &str, socket: &Path) -> String {
+    let mut uri = String::from("nbd+unix:///");
+    percent_encode(&mut uri, export.as_bytes());
+    uri.push_str("?socket=");
+    percent_encode(&mut uri, socket.as_os_str().as_bytes());
     uri
 }
 
-/// fio's arguments for one run of `row` against the server on `socket`.
+fn percent_encode(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// fio's arguments for one run of `row` against the server on `socket` (default export).
 pub fn args(row: &Row, socket: &Path, timing: Timing) -> Vec<String> {
+    args_uri(row, &nbd_unix_uri(socket), timing)
+}
+
+/// fio's arguments for one run of `row` against the NBD server at `uri`.
+pub fn args_uri(row: &Row, uri: &str, timing: Timing) -> Vec<String> {
     let mut a = vec![
         format!("--name={}", row.name.replace(' ', "-")),
         "--ioengine=nbd".to_owned(),
-        format!("--uri={}", nbd_unix_uri(socket)),
+        format!("--uri={uri}"),
         format!("--rw={}", row.rw),
         format!("--bs={}", row.block_size),
         format!("--iodepth={}", row.iodepth),
@@ -177,10 +193,25 @@ pub fn run(
     timing: Timing,
     dir: &Path,
 ) -> Result<Sample, FioError> {
+    run_uri(fio, row, &nbd_unix_uri(socket), timing, dir)
+}
+
+/// Runs fio for `row` against the NBD server at `uri`, keeping its output in `dir`, and parses
+/// the result.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_uri(
+    fio: &Path,
+    row: &Row,
+    uri: &str,
+    timing: Timing,
+    dir: &Path,
+) -> Result<Sample, FioError> {
     let out_path = dir.join("fio.out");
     let err_path = dir.join("fio.err");
     let mut cmd = Command::new(fio);
-    cmd.args(args(row, socket, timing))
+    cmd.args(args_uri(row, uri, timing))
         .stdin(Stdio::null())
         .stdout(File::create(&out_path)?)
         .stderr(File::create(&err_path)?);
@@ -374,6 +405,14 @@ mod tests {
         assert_eq!(
             nbd_unix_uri(Path::new("/var/tmp/a b/x&y.sock")),
             "nbd+unix:///?socket=/var/tmp/a%20b/x%26y.sock"
+        );
+        assert_eq!(
+            nbd_unix_export_uri("r0", Path::new("/run/t/nbd.sock")),
+            "nbd+unix:///r0?socket=/run/t/nbd.sock"
+        );
+        assert_eq!(
+            nbd_unix_export_uri("a b?", Path::new("/s")),
+            "nbd+unix:///a%20b%3F?socket=/s"
         );
     }
 

@@ -327,7 +327,7 @@ fn headline(row: &Row, m: &Measure) -> String {
 }
 
 /// CPU count, CPU model and kernel, for the header.
-fn machine() -> String {
+pub fn machine() -> String {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

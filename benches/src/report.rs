@@ -124,7 +124,7 @@ fn figure(c: &Summary, metric: Metric) -> String {
 }
 
 /// Columns padded to their widest cell: the first left-aligned, the rest right-aligned.
-fn layout(rows: &[Vec<String>]) -> String {
+pub fn layout(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let width: Vec<usize> = (0..cols)
         .map(|i| {

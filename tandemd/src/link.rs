@@ -338,8 +338,11 @@ async fn read_loop(
             Some(at) => at + spec.ping_timeout,
             None => last_heard + spec.ping_int,
         };
-        if buf.capacity() - buf.len() < 64 * 1024 {
-            buf.reserve(1 << 20);
+        // Room for the rest of the next frame (a whole P_DATA arrives in few reads), and at
+        // least 64 KiB so that small packets are read in batches.
+        let need = decoder.missing(&buf).max(64 * 1024);
+        if buf.capacity() - buf.len() < need {
+            buf.reserve(need);
         }
         tokio::select! {
             r = read.read_buf(&mut buf) => match r {

@@ -67,6 +67,15 @@ pub enum OnIoError {
     Detach,
 }
 
+/// A deliberate engine defect that `repl-sim` must catch (feature `sim-bugs`, tests only).
+#[cfg(feature = "sim-bugs")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// Protocol C completes a mirrored write once the local write is done, without waiting
+    /// for the peer's ack.
+    AckBeforePeer,
+}
+
 /// The metadata and bitmap read from disk at attach time.
 #[derive(Debug, Clone)]
 pub struct OnDisk {
@@ -266,6 +275,8 @@ pub struct Engine {
     crashed_primary: bool,
     /// `Event::Down` went out for a disk that was already gone.
     down_reported: bool,
+    #[cfg(feature = "sim-bugs")]
+    bug: Option<Bug>,
 }
 
 impl Engine {
@@ -351,11 +362,19 @@ impl Engine {
             next_peer_write: 0,
             crashed_primary,
             down_reported: false,
+            #[cfg(feature = "sim-bugs")]
+            bug: None,
         };
         engine.sb.la_size = Sector(size / Sector::SIZE);
         engine.set_state(attached.state);
         engine.write_superblock(After::Superblock);
         Ok(engine)
+    }
+
+    /// Switches on a deliberate defect, so that the simulator can show it catches it.
+    #[cfg(feature = "sim-bugs")]
+    pub fn inject_bug(&mut self, bug: Bug) {
+        self.bug = Some(bug);
     }
 
     /// The next output, in order; call until `None` after every input.
@@ -765,13 +784,18 @@ impl Engine {
     /// Completes a request to the block layer once its local part and the network part the
     /// protocol demands are done; destroys it once the peer confirmed its epoch.
     fn maybe_complete(&mut self, req: ReqId) {
+        #[cfg(feature = "sim-bugs")]
+        let early = self.bug == Some(Bug::AckBeforePeer);
+        #[cfg(not(feature = "sim-bugs"))]
+        let early = false;
         let Some(p) = self.requests.get_mut(&req) else {
             return;
         };
         let Some(local) = &p.local else {
             return;
         };
-        if !p.completed && p.net.satisfied() {
+        let early = early && p.request.writes() && local.is_ok();
+        if !p.completed && (p.net.satisfied() || early) {
             p.completed = true;
             // Success when either side has the data (`drbd_req_complete`).
             let result = match local {
