@@ -2,6 +2,7 @@
 //! NBD requests and disk completions, draining the engine's outputs after every input.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -473,12 +474,23 @@ impl Task {
         while let Some(o) = self.engine.poll_output() {
             match o {
                 Output::Disk { op, kind } => {
-                    let (data, meta, done) =
-                        (self.data.clone(), self.meta.clone(), self.done_tx.clone());
-                    tokio::spawn(async move {
-                        let result = crate::disk::perform(&data, &meta, kind).await;
-                        let _ = done.send((op, result));
-                    });
+                    let (data, meta) = (self.data.clone(), self.meta.clone());
+                    let mut io =
+                        Box::pin(async move { crate::disk::perform(&data, &meta, kind).await });
+                    // Buffered writes and cached reads finish on their first poll (inline
+                    // pwrite/preadv2): complete them here instead of two task hops later.
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    match io.as_mut().poll(&mut cx) {
+                        std::task::Poll::Ready(result) => self.engine.disk_done(op, result),
+                        std::task::Poll::Pending => {
+                            // Futures wake the waker of their latest poll: the task's.
+                            let done = self.done_tx.clone();
+                            tokio::spawn(async move {
+                                let result = io.await;
+                                let _ = done.send((op, result));
+                            });
+                        }
+                    }
                 }
                 Output::Complete { req, result } => {
                     self.counters_dirty = true;
