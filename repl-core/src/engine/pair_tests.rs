@@ -674,3 +674,35 @@ fn an_up_to_date_node_refuses_a_smaller_peer() {
     assert!(p.n[0].logged("The peer's disk size is too small!"));
     assert_eq!(p.n[0].e.state().conn, ConnState::StandAlone);
 }
+
+#[test]
+fn a_corrupted_payload_fails_the_digest_and_drops_the_link() {
+    let mut p = Pair::synced(Protocol::C);
+    let data = Bytes::from(vec![7u8; 4096]);
+    let now = p.now;
+    p.n[1].e.receive(
+        Packet::Data {
+            id: 99,
+            sector: crate::types::Sector(8),
+            len: 4096,
+            kind: crate::wire::DataKind::Write,
+            flags: crate::wire::DataFlags::SEND_WRITE_ACK,
+            epoch: 0,
+            digest: Some(crc32c::crc32c(&data) ^ 1),
+            data,
+        },
+        now,
+    );
+    let mut disconnected = false;
+    while let Some(o) = p.n[1].e.poll_output() {
+        match o {
+            Output::Event(ev) => p.n[1].events.push(ev),
+            Output::Disconnect { reconnect } => disconnected = reconnect,
+            _ => {}
+        }
+    }
+    assert!(p.n[1].logged("Digest integrity check FAILED: 8s +4096"));
+    assert!(disconnected, "the link is dropped and retried");
+    assert_eq!(p.n[1].d.get(4096, 4096), &[0; 4096][..], "nothing written");
+    assert_eq!(p.n[1].e.state().conn, ConnState::WFConnection);
+}

@@ -1013,15 +1013,13 @@ impl Engine {
             ));
             return;
         }
-        if let (Some(d), Some(_)) = (digest, self.cfg.net.and_then(|n| n.integrity)) {
-            if crc32c::crc32c(&data) != d {
-                self.log(format!(
-                    "Digest integrity check FAILED: {}s +{}",
-                    sector.0, len
-                ));
-                self.protocol_error("data integrity check failed".into());
-                return;
-            }
+        if !self.digest_ok(digest, &data) {
+            self.log(format!(
+                "Digest integrity check FAILED: {}s +{}",
+                sector.0, len
+            ));
+            self.protocol_error("data integrity check failed".into());
+            return;
         }
         self.counters.nr += len64 / 1024;
         let Some(peer) = self.peer.as_mut() else {
@@ -1383,19 +1381,12 @@ impl Engine {
         }
         match result {
             super::DiskResult::Data(data) => {
-                self.counters.dr += data.len() as u64 / 1024;
-                self.counters.ns += data.len() as u64 / 1024;
-                let digest = self
-                    .cfg
-                    .net
-                    .and_then(|n| n.integrity)
-                    .map(|_| crc32c::crc32c(&data));
-                self.send(Packet::DataReply {
+                self.send_read_data(data, |digest, data| Packet::DataReply {
                     id,
                     sector,
                     digest,
                     data,
-                });
+                })
             }
             _ => {
                 self.local_io_error(&format!("a read for the peer at sector {}", sector.0));
@@ -1409,6 +1400,10 @@ impl Engine {
     }
 
     fn on_data_reply(&mut self, id: u64, sector: Sector, digest: Option<u32>, data: Bytes) {
+        if !self.digest_ok(digest, &data) {
+            self.protocol_error("read data integrity check failed".into());
+            return;
+        }
         let req = ReqId(id);
         let Some(p) = self.requests.get_mut(&req).filter(|p| p.remote_read) else {
             self.protocol_error(format!("P_DATA_REPLY for unknown request {id}"));
@@ -1420,12 +1415,6 @@ impl Engine {
         if sector.bytes() != offset || data.len() != len as usize {
             self.protocol_error(format!("P_DATA_REPLY does not answer request {id}"));
             return;
-        }
-        if let (Some(d), Some(_)) = (digest, self.cfg.net.and_then(|n| n.integrity)) {
-            if crc32c::crc32c(&data) != d {
-                self.protocol_error("read data integrity check failed".into());
-                return;
-            }
         }
         self.counters.nr += data.len() as u64 / 1024;
         p.local = Some(Ok(Some(data)));
@@ -1439,6 +1428,30 @@ impl Engine {
             p.local = Some(Err(super::RequestError::Io));
             p.remote_read = false;
             self.maybe_complete(req);
+        }
+    }
+
+    /// Sends data read for the peer, with its digest when an integrity algorithm is agreed.
+    pub(super) fn send_read_data(
+        &mut self,
+        data: Bytes,
+        packet: impl FnOnce(Option<u32>, Bytes) -> Packet,
+    ) {
+        self.counters.dr += data.len() as u64 / 1024;
+        self.counters.ns += data.len() as u64 / 1024;
+        let digest = self
+            .cfg
+            .net
+            .and_then(|n| n.integrity)
+            .map(|_| crc32c::crc32c(&data));
+        self.send(packet(digest, data));
+    }
+
+    /// Whether a payload matches its digest (always, without an agreed integrity algorithm).
+    pub(super) fn digest_ok(&self, digest: Option<u32>, data: &[u8]) -> bool {
+        match (digest, self.cfg.net.and_then(|n| n.integrity)) {
+            (Some(d), Some(_)) => crc32c::crc32c(data) == d,
+            _ => true,
         }
     }
 }

@@ -243,21 +243,12 @@ impl Engine {
             return;
         }
         match result {
-            DiskResult::Data(data) => {
-                self.counters.dr += data.len() as u64 / 1024;
-                self.counters.ns += data.len() as u64 / 1024;
-                let digest = self
-                    .cfg
-                    .net
-                    .and_then(|n| n.integrity)
-                    .map(|_| crc32c::crc32c(&data));
-                self.send(Packet::RsReply {
-                    id,
-                    sector,
-                    digest,
-                    data,
-                });
-            }
+            DiskResult::Data(data) => self.send_read_data(data, |digest, data| Packet::RsReply {
+                id,
+                sector,
+                digest,
+                data,
+            }),
             _ => {
                 self.log(format!("resync read error at sector {}", sector.0));
                 // The length is what was asked for; a failed read carries none, so ask the
@@ -280,6 +271,10 @@ impl Engine {
         data: Bytes,
         now: Instant,
     ) {
+        if !self.digest_ok(digest, &data) {
+            self.protocol_error("resync data integrity check failed".into());
+            return;
+        }
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
@@ -303,12 +298,6 @@ impl Engine {
                 data.len()
             ));
             return;
-        }
-        if let (Some(d), Some(_)) = (digest, self.cfg.net.and_then(|n| n.integrity)) {
-            if crc32c::crc32c(&data) != d {
-                self.protocol_error("resync data integrity check failed".into());
-                return;
-            }
         }
         self.counters.nr += data.len() as u64 / 1024;
         if inflight.stale {
