@@ -299,7 +299,13 @@ impl Engine {
         let mut bitmap = Bitmap::from_bytes(bits, &bitmap)?;
         let mut out = VecDeque::new();
         let mut sb = superblock;
-        let crashed_primary = sb.state == MdState::Unclean && sb.must_apply_al();
+        // MDF_CRASHED_PRIMARY keeps the fact across clean restarts until a resync or a
+        // promotion settles it.
+        let crashed_primary = (sb.state == MdState::Unclean && sb.must_apply_al())
+            || sb.flags.contains(MdFlags::CRASHED_PRIMARY);
+        if crashed_primary {
+            sb.flags = sb.flags.with(MdFlags::CRASHED_PRIMARY);
+        }
         let mut meta_queue = VecDeque::new();
         if sb.state == MdState::Unclean {
             let replay = al::replay(&al_ring, layout.al)?;
@@ -508,7 +514,7 @@ impl Engine {
                     if self.sb.uuids.promote(&state, forced, random) {
                         self.log(format!("new current UUID {}", self.sb.uuids.current));
                     }
-                    self.crashed_primary = false;
+                    self.set_crashed_primary(false);
                     self.set_state(state);
                     self.write_superblock(After::Superblock);
                     if forced {
@@ -574,11 +580,10 @@ impl Engine {
                 self.send_state();
             }
             Command::Down => {
-                if let Some(state) = self.state.demote(&ctx)? {
-                    self.sb.uuids.set_role(Role::Secondary);
-                    self.set_state(state);
-                }
-                self.disconnect_command();
+                // A refused demotion (the device is open) refuses `down`; otherwise the
+                // requests in flight finish first, still mirrored, and the demotion and the
+                // disconnect follow once they are done.
+                self.state.demote(&ctx)?;
                 self.going_down = true;
                 self.maybe_finish_down();
             }
@@ -855,10 +860,14 @@ impl Engine {
             .any(|w| w.issued && overlaps((w.offset, w.len), (offset, len)))
     }
 
+    /// Queues the superblock as it is now, after the bitmap pages changed since the last
+    /// write: a superblock that stops AL replay (a demotion, a clean state) must not be
+    /// durable while bits it relies on are only in memory.
     fn write_superblock(&mut self, after: After) {
         if self.state.disk <= DiskState::Failed {
             return;
         }
+        self.queue_dirty_pages();
         if after == After::Superblock {
             self.gating_superblocks += 1;
         }
@@ -934,6 +943,16 @@ impl Engine {
         self.queue_dirty_pages();
     }
 
+    /// Sets or clears `CRASHED_PRIMARY` in memory and in the superblock to be written.
+    pub(super) fn set_crashed_primary(&mut self, on: bool) {
+        self.crashed_primary = on;
+        self.sb.flags = if on {
+            self.sb.flags.with(MdFlags::CRASHED_PRIMARY)
+        } else {
+            self.sb.flags.without(MdFlags::CRASHED_PRIMARY)
+        };
+    }
+
     fn set_all_bits(&mut self) {
         let bits = self.bitmap.bits();
         // The whole range is valid by construction.
@@ -951,11 +970,19 @@ impl Engine {
 
     /// Once going down and idle: the dirty bitmap, then a clean superblock.
     fn maybe_finish_down(&mut self) {
-        if !self.going_down
-            || !self.requests.is_empty()
-            || self.staged.is_some()
-            || !self.peer_writes.is_empty()
-        {
+        if !self.going_down || !self.requests.is_empty() || self.staged.is_some() {
+            return;
+        }
+        if self.state.role == Role::Primary {
+            let ctx = self.cfg.context;
+            if let Ok(Some(state)) = self.state.demote(&ctx) {
+                self.sb.uuids.set_role(Role::Secondary);
+                self.set_state(state);
+                self.send_state();
+            }
+        }
+        self.disconnect_command();
+        if !self.peer_writes.is_empty() {
             return;
         }
         if self.state.disk <= DiskState::Failed {

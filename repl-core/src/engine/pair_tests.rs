@@ -706,3 +706,31 @@ fn a_corrupted_payload_fails_the_digest_and_drops_the_link() {
     assert_eq!(p.n[1].d.get(4096, 4096), &[0; 4096][..], "nothing written");
     assert_eq!(p.n[1].e.state().conn, ConnState::WFConnection);
 }
+
+#[test]
+fn down_lets_mirrored_writes_finish_before_it_demotes_and_disconnects() {
+    let mut p = Pair::synced(Protocol::C);
+    p.n[1].hold_disk = true;
+    let req = p.submit(0, write(8192, 0x66, 4096));
+    p.n[0].e.command(Command::Down, false).unwrap();
+    p.settle();
+    assert!(!p.n[0].events.contains(&Event::Down), "waits for the write");
+    assert_eq!(p.n[0].e.state().role, Role::Primary);
+    let held = std::mem::take(&mut p.n[1].held);
+    p.n[1].hold_disk = false;
+    for (op, kind) in held {
+        let r = p.n[1].d.perform(&kind);
+        p.n[1].e.disk_done(op, r);
+    }
+    p.settle();
+    assert!(p.n[0].completions.contains(&(req, Ok(None))));
+    assert!(p.n[0].events.contains(&Event::Down));
+    assert_eq!(p.n[0].e.state().role, Role::Secondary);
+    assert_eq!(p.n[1].d.get(8192, 4096), &[0x66; 4096][..]);
+    assert_eq!(p.n[1].e.state().conn, ConnState::WFConnection);
+    assert_eq!(
+        p.n[0].e.out_of_sync_blocks(),
+        0,
+        "the write reached both disks"
+    );
+}

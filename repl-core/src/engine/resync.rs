@@ -465,7 +465,7 @@ impl Engine {
             if let Some(p) = peer_uuids {
                 self.sb.uuids.finish_resync_as_target(&p, role);
             }
-            self.crashed_primary = false;
+            self.set_crashed_primary(false);
             self.force_state(|s| {
                 s.conn = ConnState::Connected;
                 s.disk = DiskState::UpToDate;
