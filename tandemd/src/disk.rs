@@ -191,7 +191,12 @@ pub async fn perform(data: &FileDevice, meta: &FileDevice, kind: DiskOp) -> Disk
             };
             data.write_zeroes(offset, len, flags).await
         }
-        DiskOp::MetaWrite { offset, data: d } => meta.write(offset, d, true).await,
+        // DRBD's md-flushes: the data written before a metadata update is durable before
+        // the update is, so metadata never claims more than the disk holds.
+        DiskOp::MetaWrite { offset, data: d } => match data.flush().await {
+            Ok(()) => meta.write(offset, d, true).await,
+            Err(e) => Err(e),
+        },
     };
     match r {
         Ok(()) => DiskResult::Done,

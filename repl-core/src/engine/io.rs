@@ -93,7 +93,8 @@ pub enum DiskOp {
         len: u32,
         fua: bool,
     },
-    /// A metadata block write; durable on completion (FUA).
+    /// A metadata block write: every data write completed before it is made durable first
+    /// (a preflush, DRBD's `md-flushes`), then the block itself (FUA).
     MetaWrite {
         offset: u64,
         data: Bytes,

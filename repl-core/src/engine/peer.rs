@@ -145,6 +145,8 @@ pub(super) struct Peer {
     pub epoch_writes: u32,
     /// The Secondary's view of the Primary's epochs.
     pub epochs: BTreeMap<u32, RecvEpoch>,
+    /// Epochs whose flush is running: `(epoch, writes)`, acked when it completes.
+    pub acking: Vec<(u32, u32)>,
     pub resync: Option<Resync>,
 }
 
@@ -153,9 +155,8 @@ pub(super) struct Peer {
 pub(super) struct RecvEpoch {
     pub received: u32,
     pub done: u32,
-    /// `P_BARRIER` arrived; with a flush request when `Some(true)`.
+    /// `P_BARRIER` arrived (every barrier is flushed; the flag says the Primary asked).
     pub barrier: Option<bool>,
-    pub flushing: bool,
 }
 
 /// A write from the peer (a mirrored write or resync data), waiting for an overlapping write
@@ -285,6 +286,7 @@ impl Engine {
             epoch: 0,
             epoch_writes: 0,
             epochs: BTreeMap::new(),
+            acking: Vec::new(),
             resync: None,
         });
         self.force_state(|s| s.conn = ConnState::WFReportParams);
@@ -1194,45 +1196,53 @@ impl Engine {
         self.finish_epochs();
     }
 
-    /// Acks closed epochs in order once their writes are done (and flushed when asked).
+    /// Acks closed epochs in order once their writes are done and flushed: like DRBD's
+    /// write ordering `flush`, a `P_BARRIER_ACK` promises the epoch is on stable storage,
+    /// since the Primary then forgets it (and its activity-log reference). Epochs that are
+    /// ready together share one flush; while it runs, later ones wait for the next.
     fn finish_epochs(&mut self) {
-        loop {
-            let Some(peer) = self.peer.as_mut() else {
-                return;
-            };
-            let link = peer.gen;
-            let Some((&epoch, e)) = peer.epochs.iter_mut().next() else {
-                return;
-            };
-            let Some(flush) = e.barrier else {
-                return;
-            };
-            if e.done < e.received || e.flushing {
-                return;
-            }
-            if flush {
-                e.flushing = true;
-                self.op(OpFor::PeerFlush { link, epoch }, super::DiskOp::Flush);
-                return;
-            }
-            let writes = e.received;
-            peer.epochs.remove(&epoch);
-            self.send(Packet::BarrierAck { epoch, writes });
+        let disk = self.state.disk;
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
+        if !peer.acking.is_empty() {
+            return;
         }
+        let link = peer.gen;
+        while let Some((&epoch, e)) = peer.epochs.iter().next() {
+            if e.barrier.is_none() || e.done < e.received {
+                break;
+            }
+            peer.acking.push((epoch, e.received));
+            peer.epochs.remove(&epoch);
+        }
+        let Some(&(last, _)) = peer.acking.last() else {
+            return;
+        };
+        if disk <= DiskState::Failed {
+            // Nothing to flush: the writes were refused and the Primary keeps the bits.
+            self.send_barrier_acks(link);
+            return;
+        }
+        self.op(OpFor::PeerFlush { link, epoch: last }, super::DiskOp::Flush);
     }
 
-    pub(super) fn peer_flush_done(&mut self, link: u64, epoch: u32, result: super::DiskResult) {
-        if result == super::DiskResult::Failed {
-            self.log("local disk flush failed".into());
-        }
+    fn send_barrier_acks(&mut self, link: u64) {
         let Some(peer) = self.peer.as_mut().filter(|p| p.gen == link) else {
             return;
         };
-        if let Some(e) = peer.epochs.get_mut(&epoch) {
-            e.flushing = false;
-            e.barrier = Some(false);
+        let acks = std::mem::take(&mut peer.acking);
+        for (epoch, writes) in acks {
+            self.send(Packet::BarrierAck { epoch, writes });
         }
         self.finish_epochs();
+    }
+
+    pub(super) fn peer_flush_done(&mut self, link: u64, _epoch: u32, result: super::DiskResult) {
+        if result == super::DiskResult::Failed {
+            self.local_io_error("a flush for the peer");
+        }
+        self.send_barrier_acks(link);
     }
 
     // ---- reads served by the peer, and losing the local disk ----
