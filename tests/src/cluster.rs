@@ -149,6 +149,58 @@ impl Cluster {
     pub fn data_identical(&self, len: u64) -> bool {
         files_equal(&self.nodes[0].disk, &self.nodes[1].disk, len)
     }
+
+    /// Where the two backing files first differ within `len` bytes, and how many 4 KiB
+    /// blocks differ in all (for a failed [`Cluster::data_identical`]).
+    pub fn differences(&self, len: u64) -> Option<(u64, u64)> {
+        use std::os::unix::fs::FileExt;
+        let (fa, fb) = (
+            std::fs::File::open(&self.nodes[0].disk).ok()?,
+            std::fs::File::open(&self.nodes[1].disk).ok()?,
+        );
+        let (mut ba, mut bb) = (vec![0u8; 4096], vec![0u8; 4096]);
+        let (mut first, mut count) = (None, 0);
+        for off in (0..len).step_by(4096) {
+            let (ra, rb) = (fa.read_at(&mut ba, off), fb.read_at(&mut bb, off));
+            if ra.ok() != rb.ok() || ba != bb {
+                first.get_or_insert(off);
+                count += 1;
+            }
+        }
+        first.map(|f| (f, count))
+    }
+
+    /// For a failed fio verify: what each node's disk holds at the offsets fio names (the
+    /// first eight), and where the two disks differ over `len` bytes.
+    pub fn mismatch_report(&self, fio_stderr: &str, len: u64) -> String {
+        use std::os::unix::fs::FileExt;
+        let offsets: Vec<u64> = fio_stderr
+            .lines()
+            .filter(|l| l.contains("verify") && l.contains("offset "))
+            .filter_map(|l| {
+                l.split("offset ")
+                    .nth(1)
+                    .and_then(|r| r.split([',', ' ']).next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .take(8)
+            .collect();
+        let mut out = String::new();
+        for offset in offsets {
+            for n in &self.nodes {
+                let mut b = [0u8; 16];
+                let r = std::fs::File::open(&n.disk).and_then(|f| f.read_exact_at(&mut b, offset));
+                out.push_str(&format!("{} at {offset}: {r:?} {b:02x?}\n", n.name));
+            }
+        }
+        out.push_str(&match self.differences(len) {
+            Some((first, blocks)) => {
+                format!("the disks differ in {blocks} 4 KiB blocks, the first at {first}\n")
+            }
+            None => "the disks are identical\n".into(),
+        });
+        out
+    }
 }
 
 impl ClusterNode {
@@ -206,6 +258,15 @@ impl ClusterNode {
     /// `/proc/drbd` as the daemon sees it now (the status file's counters lag up to 1 s).
     pub fn proc_drbd(&self) -> String {
         String::from_utf8_lossy(&self.drbdadm(&["proc-drbd"]).stdout).into_owned()
+    }
+
+    /// KiB written to this node's disk (`dw:` of `/proc/drbd`; 0 when unreadable).
+    pub fn written_kib(&self) -> u64 {
+        self.proc_drbd()
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("dw:"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// NBD URI of this node's export.

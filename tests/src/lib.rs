@@ -52,6 +52,20 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether this process runs as root, for a test that needs it (`why` says for what). Like
+/// [`require`]: in CI (`CI` set) not being root is a failure, elsewhere a visible skip.
+pub fn require_root(why: &str) -> bool {
+    let root = is_root();
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs this test as root ({why})"
+        );
+        eprintln!("SKIP: {why} needs root");
+    }
+    root
+}
+
 /// Runs a command to completion, returning its output; panics with stderr on failure.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd
@@ -293,4 +307,29 @@ pub fn random_file(path: &Path, len: usize, seed: u64) {
     }
     v.truncate(len);
     std::fs::write(path, v).expect("write random file");
+}
+
+/// Whether fio is installed with the I/O engine `engine` (as `fio --enghelp` lists it). Like
+/// [`require`]: in CI a missing fio or engine is a failure, elsewhere a visible skip.
+pub fn require_fio_engine(engine: &str) -> bool {
+    if !require("fio", "fio") {
+        return false;
+    }
+    let listed = Command::new("fio")
+        .arg("--enghelp")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|w| w == engine)
+        })
+        .unwrap_or(false);
+    if !listed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "fio in CI lacks the {engine} engine (Debian's fio has it)"
+        );
+        eprintln!("SKIP: fio has no {engine} I/O engine (fio --enghelp)");
+    }
+    listed
 }
