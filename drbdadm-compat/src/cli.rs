@@ -39,6 +39,8 @@ pub struct Invocation {
     pub no_tty: bool,
     /// `--force`: passed on to the metadata commands (drbdmeta's `--force`).
     pub force: bool,
+    /// `-d`: print the drbdmeta (and drbdsetup) lines drbdadm would run, touch nothing.
+    pub dry_run: bool,
 }
 
 /// What a command printed and how it exits.
@@ -496,6 +498,46 @@ fn call_md(
         force: inv.force,
         interactive: !inv.no_tty,
     };
+    if inv.dry_run {
+        let setup: Vec<String> = if inv.force {
+            vec!["--force".into()]
+        } else {
+            Vec::new()
+        };
+        for v in vols {
+            let t = match md::Target::of_volume(res, v, v.implicit, &inv.cwd) {
+                Ok(t) => t,
+                Err(e) => {
+                    ctx.out.stderr.push_str(&format!("{e}\n"));
+                    return Err(e.exit_code());
+                }
+            };
+            let mut lines = Vec::new();
+            if matches!(cmd, md::MdCommand::GetGi | md::MdCommand::ShowGi) {
+                // drbdadm asks the kernel first and falls back to drbdmeta.
+                lines.push(crate::drbdsetup::minor_command(
+                    cmd.as_str(),
+                    t.minor,
+                    &setup,
+                ));
+            }
+            let mut m = vec![
+                crate::drbdsetup::DRBDMETA.to_string(),
+                t.minor.to_string(),
+                "v08".into(),
+                t.md_name.clone(),
+                t.index_arg(),
+                cmd.as_str().into(),
+            ];
+            m.extend(setup.iter().cloned());
+            lines.push(m);
+            for l in lines {
+                ctx.out.stdout.push_str(&crate::drbdsetup::render(&l));
+                ctx.out.stdout.push('\n');
+            }
+        }
+        return Ok(());
+    }
     for v in vols {
         let result = md::Target::of_volume(res, v, v.implicit, &inv.cwd)
             .and_then(|t| md::run(cmd, &t, opts));

@@ -94,8 +94,38 @@ pub enum Op {
     Invalidate {
         resource: String,
     },
+    /// `detach`: finish what is in flight, write clean metadata and close the backing device;
+    /// the resource stays configured, Diskless.
+    Detach {
+        resource: String,
+    },
+    /// `attach`: open the backing device and metadata of `resource` as `config` (absolute;
+    /// [`Client::call`] makes it so) describes them, and attach them to the Diskless resource.
+    Attach {
+        config: PathBuf,
+        resource: String,
+    },
+    /// `wait-connect`: answer once the connection state is Connected or beyond (or StandAlone,
+    /// unless `wait_after_sb`), or refuse with exit code 5 after the timeout drbdsetup would
+    /// choose from these (seconds, 0 = forever).
+    WaitConnect {
+        resource: String,
+        timeouts: WaitTimeouts,
+        wait_after_sb: bool,
+    },
     /// Snapshots of every resource that is up.
     Status,
+}
+
+/// The three `startup` timeouts of `wait-connect`, in seconds (0: wait forever). Which one
+/// applies is the daemon's choice, made as the kernel makes it: `outdated` when the peer's
+/// disk is known Outdated, `degraded` when this node was a Primary without a peer when it went
+/// down, else `wfc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WaitTimeouts {
+    pub wfc: u32,
+    pub degraded: u32,
+    pub outdated: u32,
 }
 
 /// One answer line.
@@ -212,14 +242,29 @@ impl Client {
     /// The daemon is not running, does not answer in time, speaks another version, or
     /// refused ([`ClientError::Refused`] with `drbdsetup`'s exit code).
     pub fn call(&self, op: Op) -> Result<Reply, ClientError> {
+        let limit = self.timeout;
+        self.call_within(op, Some(limit))
+    }
+
+    /// Like [`Client::call`] but waits `limit` for the answer (`None`: until the daemon answers
+    /// or closes the connection), for requests that wait on purpose (`WaitConnect`).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn call_within(&self, op: Op, limit: Option<Duration>) -> Result<Reply, ClientError> {
         let op = match op {
             Op::Up { config, resource } => Op::Up {
                 config: std::path::absolute(&config).unwrap_or(config),
                 resource,
             },
+            Op::Attach { config, resource } => Op::Attach {
+                config: std::path::absolute(&config).unwrap_or(config),
+                resource,
+            },
             other => other,
         };
-        let io = |e: std::io::Error| self.io_error(e);
+        let within = limit.unwrap_or(self.timeout);
+        let io = |e: std::io::Error| self.io_error(e, within);
         let sock = self.socket();
         let stream = match UnixStream::connect(&sock) {
             Ok(s) => s,
@@ -231,7 +276,7 @@ impl Client {
             }
             Err(e) => return Err(io(e)),
         };
-        stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
+        stream.set_read_timeout(limit).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let mut line = serde_json::to_string(&Request {
             version: VERSION,
@@ -321,11 +366,11 @@ impl Client {
         }
     }
 
-    fn io_error(&self, e: std::io::Error) -> ClientError {
+    fn io_error(&self, e: std::io::Error, within: Duration) -> ClientError {
         match e.kind() {
             ErrorKind::WouldBlock | ErrorKind::TimedOut => ClientError::Timeout {
                 run_dir: self.dir(),
-                within: seconds(self.timeout),
+                within: seconds(within),
             },
             _ => ClientError::Io {
                 run_dir: self.dir(),

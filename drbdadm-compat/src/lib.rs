@@ -1,5 +1,6 @@
-//! DRBD's configuration language and command line: the `.res` parser, the typed config model and
-//! the `drbdadm` front end. No daemon talk here yet; `dump` and `sh-*` only read the files.
+//! DRBD's configuration language and command line: the `.res` parser, the typed config model,
+//! the `drbdadm` front end, its control-socket client for tandemd, the status renderers, and the
+//! drbdsetup/drbdmeta command lines drbdadm-84 would run (`-d`).
 //!
 //! ```no_run
 //! use drbdadm_compat::cli::{run, Invocation};
@@ -17,6 +18,7 @@
 pub mod cli;
 pub mod control;
 pub mod daemon_cli;
+pub mod drbdsetup;
 pub mod dump;
 pub mod md;
 pub mod res;

@@ -8,20 +8,21 @@ use std::time::Duration;
 
 use drbdadm_compat::control::{
     decode_request, encode_response, version_mismatch, ControlError, DecodeError, Op, Reply,
-    CONTROL_SOCKET, NBD_SOCKET,
+    WaitTimeouts, CONTROL_SOCKET, NBD_SOCKET,
 };
 use drbdadm_compat::res::parser::E_EXEC_ERROR;
+use drbdadm_compat::res::resolve::{EffectiveResource, EffectiveVolume};
 use nbd_server::server::{Endpoint, Listener, Shutdown};
 use repl_core::engine::{Command, EngineConfig, OnIoError};
-use repl_core::meta::AlGeometry;
-use repl_core::state::{Context, Fencing};
+use repl_core::meta::{AlGeometry, MdFlags};
+use repl_core::state::{ConnState, Context, DiskState, Fencing, StateChangeError};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::export::Exports;
-use crate::resource::{self, Control, Registry, Shared};
+use crate::resource::{self, Attachment, Control, Registry, Shared};
 use crate::status_file::StatusBoard;
 
 /// How long `secondary` and `down` wait for NBD sessions that are closing (the client has
@@ -187,6 +188,19 @@ impl Daemon {
             Op::Connect { resource } => self.command(&resource, Command::Connect).await,
             Op::Disconnect { resource } => self.command(&resource, Command::Disconnect).await,
             Op::Invalidate { resource } => self.command(&resource, Command::Invalidate).await,
+            Op::Detach { resource } => self.detach(&resource).await.map(|()| Reply::Done),
+            Op::Attach { config, resource } => self
+                .attach_disk(config, resource)
+                .await
+                .map(|()| Reply::Done),
+            Op::WaitConnect {
+                resource,
+                timeouts,
+                wait_after_sb,
+            } => self
+                .wait_connect(&resource, timeouts, wait_after_sb)
+                .await
+                .map(|()| Reply::Done),
             Op::Status => Ok(Reply::Status {
                 resources: self.status().await,
             }),
@@ -252,10 +266,15 @@ impl Daemon {
         v
     }
 
-    async fn up(self: Arc<Self>, config: PathBuf, res: String) -> Result<(), ControlError> {
+    /// Loads `res` from `config` for this node: its effective configuration and its volume.
+    async fn load(
+        &self,
+        config: &Path,
+        res: &str,
+    ) -> Result<(EffectiveResource, EffectiveVolume), ControlError> {
         let node = self.opts.node.clone();
-        let cfg_path = config.clone();
-        let name = res.clone();
+        let cfg_path = config.to_path_buf();
+        let name = res.to_string();
         let eff = blocking(move || crate::config::load_resource(&cfg_path, &name, &node)).await?;
         let vol = match eff.volumes.as_slice() {
             [v] => v.clone(),
@@ -275,6 +294,11 @@ impl Daemon {
                 ))
             }
         };
+        Ok((eff, vol))
+    }
+
+    async fn up(self: Arc<Self>, config: PathBuf, res: String) -> Result<(), ControlError> {
+        let (eff, vol) = self.load(&config, &res).await?;
         if !self.registry.reserve(&res) {
             return Err(ControlError::new(
                 10,
@@ -291,11 +315,12 @@ impl Daemon {
         r
     }
 
-    async fn attach(
-        self: Arc<Self>,
-        eff: &drbdadm_compat::res::resolve::EffectiveResource,
-        vol: &drbdadm_compat::res::resolve::EffectiveVolume,
-    ) -> Result<(), ControlError> {
+    /// Opens the backing device and metadata of `vol` and attaches an engine to them.
+    async fn prepare(
+        &self,
+        eff: &EffectiveResource,
+        vol: &EffectiveVolume,
+    ) -> Result<Prepared, ControlError> {
         let name = eff.name.clone();
         let v = vol.clone();
         let backing = blocking(move || crate::disk::open_volume(&name, &v)).await?;
@@ -317,16 +342,17 @@ impl Daemon {
             }
         };
         let peer = crate::peer_config::peer_setup(eff, vol)?;
+        let context = Context {
+            fencing,
+            allow_two_primaries: eff.net.allow_two_primaries,
+            device_open: false,
+        };
         let cfg = EngineConfig {
             resource: eff.name.clone(),
             volume: vol.vnr,
             minor: vol.minor,
             al_extents,
-            context: Context {
-                fencing,
-                allow_two_primaries: eff.net.allow_two_primaries,
-                device_open: false,
-            },
+            context,
             seed,
             net: peer.as_ref().map(|(net, _)| *net),
             on_io_error: match vol.disk_options.on_io_error {
@@ -344,19 +370,44 @@ impl Daemon {
             eff.name,
             vol.vnr
         );
+        // DRBD's USE_DEGR_WFC_T: the metadata says Primary, and not connected.
+        let flags = backing.on_disk.superblock.flags;
+        let degraded =
+            flags.contains(MdFlags::PRIMARY_IND) && !flags.contains(MdFlags::CONNECTED_IND);
         let engine = repl_core::engine::Engine::attach(cfg, backing.on_disk.clone())
             .map_err(|e| ControlError::new(10, format!("{}: {e}", vol.minor)))?;
-        let shared = Arc::new(Shared::new(&eff.name, vol.minor, backing.size));
+        Ok(Prepared {
+            attachment: Attachment {
+                engine,
+                data: backing.data,
+                meta: backing.meta,
+                size: backing.size,
+                degraded,
+            },
+            link: peer.map(|(_, spec)| spec),
+            context,
+        })
+    }
+
+    async fn attach(
+        self: Arc<Self>,
+        eff: &EffectiveResource,
+        vol: &EffectiveVolume,
+    ) -> Result<(), ControlError> {
+        let p = self.prepare(eff, vol).await?;
+        let a = p.attachment;
+        let shared = Arc::new(Shared::new(&eff.name, vol.minor, a.size));
+        shared.set_degraded(a.degraded);
         let (attached, attached_rx) = oneshot::channel();
         let handle = resource::spawn(
-            engine,
+            a.engine,
             attached,
-            backing.data,
-            backing.meta,
+            a.data,
+            a.meta,
             shared,
             self.registry.clone(),
             self.board.clone(),
-            peer.map(|(_, spec)| spec),
+            p.link,
             crate::handlers::Handlers {
                 resource: eff.name.clone(),
                 minor: vol.minor,
@@ -368,6 +419,7 @@ impl Daemon {
                     .unwrap_or_default(),
                 commands: eff.handlers.clone(),
             },
+            p.context,
         );
         self.registry.install(&eff.name, handle.clone());
         let r = attached_rx.await.unwrap_or_else(|_| {
@@ -391,6 +443,126 @@ impl Daemon {
         }
         r
     }
+
+    /// `detach`: the resource stays configured, Diskless. Detaching a Diskless resource does
+    /// nothing, as in DRBD.
+    async fn detach(&self, res: &str) -> Result<(), ControlError> {
+        let h = self.handle_of(res)?;
+        let (reply, rx) = oneshot::channel();
+        h.control
+            .send(Control::Detach {
+                force: false,
+                reply,
+            })
+            .await
+            .map_err(|_| not_up(res))?;
+        rx.await.map_err(|_| not_up(res))?
+    }
+
+    /// `attach` of a Diskless resource, with the same checks and messages as `up`'s attach.
+    async fn attach_disk(&self, config: PathBuf, res: String) -> Result<(), ControlError> {
+        let (eff, vol) = self.load(&config, &res).await?;
+        let h = match self.registry.get(&res) {
+            Some(Ok(h)) => h,
+            Some(Err(())) => return Err(self.handle_of(&res).unwrap_err()),
+            None => {
+                return Err(ControlError::new(
+                    10,
+                    format!(
+                        "{}: Failure: (127) Device minor not allocated; run drbdadm up {res}",
+                        vol.minor
+                    ),
+                ))
+            }
+        };
+        if !h.shared.is_detached() {
+            // The task gives DRBD's answer (attached already, or diskless after an I/O error).
+            let (reply, rx) = oneshot::channel();
+            let probe = Control::Status { reply };
+            h.control.send(probe).await.map_err(|_| not_up(&res))?;
+            let st = rx.await.map_err(|_| not_up(&res))?;
+            if st.state.disk > DiskState::Diskless {
+                return Err(ControlError::new(
+                    10,
+                    format!("{}: {}", vol.minor, StateChangeError::DiskConfigured),
+                ));
+            }
+        }
+        let p = self.prepare(&eff, &vol).await?;
+        let (reply, rx) = oneshot::channel();
+        let msg = Control::Attach {
+            attachment: Box::new(p.attachment),
+            reply,
+        };
+        h.control.send(msg).await.map_err(|_| not_up(&res))?;
+        let r = rx.await.unwrap_or_else(|_| {
+            Err(ControlError::new(
+                E_EXEC_ERROR,
+                format!("{res}: the resource task ended while attaching"),
+            ))
+        });
+        // A re-attach whose metadata write failed goes back to Diskless by itself.
+        r
+    }
+
+    /// `wait-connect`: waits on the resource's state changes with the timeout drbdsetup would
+    /// choose (the kernel's `get_timeout_type`).
+    async fn wait_connect(
+        &self,
+        res: &str,
+        t: WaitTimeouts,
+        wait_after_sb: bool,
+    ) -> Result<(), ControlError> {
+        let h = self.handle_of(res)?;
+        let mut rx = h.shared.subscribe();
+        let first = (*rx.borrow()).ok_or_else(|| not_up(res))?;
+        let (secs, which) = if first.pdsk == DiskState::Outdated {
+            (t.outdated, "outdated-wfc-timeout")
+        } else if h.shared.is_degraded() {
+            (t.degraded, "degr-wfc-timeout")
+        } else {
+            (t.wfc, "wfc-timeout")
+        };
+        let deadline =
+            (secs > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(secs.into()));
+        loop {
+            let Some(st) = *rx.borrow_and_update() else {
+                return Err(not_up(res));
+            };
+            if st.conn >= ConnState::Connected
+                || (st.conn < ConnState::Unconnected && !wait_after_sb)
+            {
+                return Ok(());
+            }
+            let changed = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, rx.changed()).await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        return Err(ControlError::new(
+                            EXIT_TIMEOUT,
+                            format!(
+                                "{res}: not connected within {secs} s ({which}); the peer did not answer"
+                            ),
+                        ))
+                    }
+                },
+                None => rx.changed().await,
+            };
+            if changed.is_err() {
+                return Err(not_up(res));
+            }
+        }
+    }
+}
+
+/// `drbdsetup wait-connect`'s exit code when the timeout expires.
+const EXIT_TIMEOUT: i32 = 5;
+
+/// An engine ready for a resource task, with what the task needs besides it.
+struct Prepared {
+    attachment: Attachment,
+    link: Option<crate::link::LinkSpec>,
+    context: Context,
 }
 
 fn not_up(res: &str) -> ControlError {

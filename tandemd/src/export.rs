@@ -59,6 +59,11 @@ impl ExportSource for Exports {
             }
         };
         let Some(guard) = handle.shared.try_open() else {
+            if handle.shared.is_detached() {
+                return Err(Refusal::Policy(format!(
+                    "resource {res} has no disk (detached); attach it with drbdadm attach {res}"
+                )));
+            }
             return Err(Refusal::Policy(format!(
                 "resource {res} is Secondary; promote it with drbdadm primary {res}"
             )));
@@ -68,7 +73,7 @@ impl ExportSource for Exports {
             description: format!("tandem resource {res} (minor {})", handle.shared.minor),
             device: Arc::new(ResourceDevice {
                 io: handle.io.clone(),
-                size: handle.shared.size,
+                size: handle.shared.size(),
                 _open: guard,
             }),
             read_only: false,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -14,9 +14,13 @@ use repl_core::engine::{
     Command, CommandError, DiskResult, Engine, Event, OpId, Output, ReqId, Request, RequestError,
     SubmitError,
 };
-use repl_core::state::{DiskState, NodeState, Role};
+use repl_core::meta::MdFlags;
+use repl_core::state::{
+    ConnState, Context, DiskState, NodeState, Promotion, Role, StateChangeError,
+};
 use repl_core::status::Status;
-use tokio::sync::{mpsc, oneshot, Notify};
+use repl_core::types::Sector;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
 use crate::link::{LinkControl, LinkEvent, LinkSpec};
@@ -33,12 +37,19 @@ const EXIT_REFUSED: i32 = 11;
 pub struct Shared {
     pub name: String,
     pub minor: u32,
-    /// Usable bytes.
-    pub size: u64,
+    /// Usable bytes of the attached disk.
+    size: AtomicU64,
     primary: AtomicBool,
     /// Open NBD sessions (devices handed out and not yet dropped).
     open: AtomicUsize,
     closed: Notify,
+    /// The node's states for waiters (`wait-connect`); `None` once the resource is down.
+    state: watch::Sender<Option<NodeState>>,
+    /// Diskless after `detach` (no engine runs until `attach`).
+    detached: AtomicBool,
+    /// The node was a Primary without a connection when it went down, so `wait-connect` uses
+    /// `degr-wfc-timeout` (DRBD's `USE_DEGR_WFC_T`), until it connects.
+    degraded: AtomicBool,
 }
 
 impl Shared {
@@ -46,11 +57,48 @@ impl Shared {
         Shared {
             name: name.into(),
             minor,
-            size,
+            size: AtomicU64::new(size),
             primary: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             closed: Notify::new(),
+            state: watch::Sender::new(None),
+            detached: AtomicBool::new(false),
+            degraded: AtomicBool::new(false),
         }
+    }
+
+    /// Usable bytes of the attached disk.
+    pub fn size(&self) -> u64 {
+        self.size.load(SeqCst)
+    }
+
+    /// Whether the resource is Diskless after `detach`.
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(SeqCst)
+    }
+
+    /// Whether `wait-connect` uses `degr-wfc-timeout`.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(SeqCst)
+    }
+
+    /// Marks an attach of metadata that says the node went down as a Primary without a peer.
+    pub fn set_degraded(&self, degraded: bool) {
+        self.degraded.store(degraded, SeqCst);
+    }
+
+    /// The node's states as they change; `None` once the resource is down.
+    pub fn subscribe(&self) -> watch::Receiver<Option<NodeState>> {
+        self.state.subscribe()
+    }
+
+    fn publish_state(&self, state: Option<NodeState>) {
+        if let Some(s) = state {
+            if s.conn >= ConnState::Connected {
+                self.degraded.store(false, SeqCst);
+            }
+        }
+        self.state.send_replace(state);
     }
 
     /// Counts an opener if the resource is Primary now. Paired with the demotion in
@@ -111,6 +159,39 @@ pub enum Control {
     Status {
         reply: oneshot::Sender<Status>,
     },
+    /// `detach`: the engine's `Down` path, after which the task stays, Diskless. `force` skips
+    /// the state check (a failed re-attach goes back to Diskless).
+    Detach {
+        force: bool,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    /// `attach` of a Diskless resource: the new engine and its devices; `reply` is answered
+    /// once the attach's metadata is durable.
+    Attach {
+        attachment: Box<Attachment>,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+}
+
+/// An engine attached to freshly opened metadata, for a Diskless resource task.
+pub struct Attachment {
+    pub engine: Engine,
+    pub data: Arc<FileDevice>,
+    pub meta: Arc<FileDevice>,
+    /// Usable bytes.
+    pub size: u64,
+    /// See [`Shared::set_degraded`].
+    pub degraded: bool,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("state", &self.engine.state())
+            .field("size", &self.size)
+            .field("degraded", &self.degraded)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A block request from an NBD session, answered on `reply`.
@@ -211,10 +292,26 @@ pub struct Task {
     /// The engine's time origin.
     origin: tokio::time::Instant,
     handlers: crate::handlers::Handlers,
+    /// The resource's configuration facts the state rules read (`device_open` is filled in
+    /// per command).
+    context: Context,
+    /// A `detach` in progress: the connection state before it, and who waits for it.
+    detaching: Option<ConnState>,
+    detach_waiters: Vec<oneshot::Sender<Result<(), ControlError>>>,
+    /// Diskless after `detach`: the state shown until the next `attach`.
+    detached: Option<NodeState>,
+    /// Connect once the attach is durable (false after the operator's `disconnect`).
+    autoconnect: bool,
+    /// The current engine was attached to a Diskless resource: if its metadata write fails,
+    /// the resource goes back to Diskless.
+    reattached: bool,
 }
 
 /// The resource's side of its peer link.
 struct PeerLink {
+    /// The link's configuration, for every (re)start of the link task.
+    saved: LinkSpec,
+    /// Present until the link task is started.
     spec: Option<LinkSpec>,
     events: mpsc::UnboundedSender<LinkEvent>,
     ctl: Option<mpsc::UnboundedSender<LinkControl>>,
@@ -236,12 +333,14 @@ pub fn spawn(
     board: Arc<StatusBoard>,
     link: Option<LinkSpec>,
     handlers: crate::handlers::Handlers,
+    context: Context,
 ) -> Handle {
     let (control_tx, control_rx) = mpsc::channel(16);
     let (io_tx, io_rx) = mpsc::channel(256);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let link = link.map(|spec| PeerLink {
+        saved: spec.clone(),
         spec: Some(spec),
         events: link_tx,
         ctl: None,
@@ -266,7 +365,14 @@ pub fn spawn(
         link,
         origin: tokio::time::Instant::now(),
         handlers,
+        context,
+        detaching: None,
+        detach_waiters: Vec::new(),
+        detached: None,
+        autoconnect: true,
+        reattached: false,
     };
+    shared.publish_state(Some(task.engine.state()));
     tokio::spawn(task.run(control_rx, io_rx, done_rx, link_rx));
     Handle {
         shared,
@@ -282,6 +388,35 @@ impl Task {
         mut io: mpsc::Receiver<Io>,
         mut done: mpsc::UnboundedReceiver<(OpId, DiskResult)>,
         mut link: mpsc::UnboundedReceiver<LinkEvent>,
+    ) {
+        loop {
+            self.serve(&mut control, &mut io, &mut done, &mut link)
+                .await;
+            if self.detached.is_none()
+                || !self
+                    .diskless(&mut control, &mut io, &mut done, &mut link)
+                    .await
+            {
+                break;
+            }
+        }
+        if let Some(ctl) = self.link.as_ref().and_then(|l| l.ctl.as_ref()) {
+            let _ = ctl.send(LinkControl::Stop);
+        }
+        // Requests that raced with the end get an error instead of silence.
+        io.close();
+        while let Ok(r) = io.try_recv() {
+            let _ = r.reply.send(Err(submit_error(SubmitError::Down)));
+        }
+    }
+
+    /// Drives the attached engine until it is down (or detached).
+    async fn serve(
+        &mut self,
+        control: &mut mpsc::Receiver<Control>,
+        io: &mut mpsc::Receiver<Io>,
+        done: &mut mpsc::UnboundedReceiver<(OpId, DiskResult)>,
+        link: &mut mpsc::UnboundedReceiver<LinkEvent>,
     ) {
         self.drain();
         let mut tick = tokio::time::interval(COUNTERS_EVERY);
@@ -305,13 +440,248 @@ impl Task {
             }
             self.drain();
         }
-        if let Some(ctl) = self.link.as_ref().and_then(|l| l.ctl.as_ref()) {
-            let _ = ctl.send(LinkControl::Stop);
+    }
+
+    /// Serves a Diskless resource (after `detach`) until `attach` (true) or `down` (false).
+    async fn diskless(
+        &mut self,
+        control: &mut mpsc::Receiver<Control>,
+        io: &mut mpsc::Receiver<Io>,
+        done: &mut mpsc::UnboundedReceiver<(OpId, DiskResult)>,
+        link: &mut mpsc::UnboundedReceiver<LinkEvent>,
+    ) -> bool {
+        if !self.down_waiters.is_empty() {
+            // A `down` that arrived while the detach ran.
+            self.gone();
+            return false;
         }
-        // Requests that raced with the end get an error instead of silence.
-        io.close();
-        while let Ok(r) = io.try_recv() {
-            let _ = r.reply.send(Err(submit_error(SubmitError::Down)));
+        loop {
+            tokio::select! {
+                Some(c) = control.recv() => match c {
+                    Control::Status { reply } => {
+                        let _ = reply.send(self.diskless_status());
+                    }
+                    Control::Detach { reply, .. } => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    Control::Attach { attachment, reply } => {
+                        self.install(*attachment, reply);
+                        return true;
+                    }
+                    Control::Command { cmd: Command::Down, reply, .. } => {
+                        info!("{}: down", self.prefix());
+                        self.gone();
+                        let _ = reply.send(Ok(()));
+                        return false;
+                    }
+                    Control::Command { cmd, reply, .. } => {
+                        let r = self.diskless_command(cmd);
+                        let _ = reply.send(r);
+                    }
+                },
+                Some(r) = io.recv() => {
+                    let _ = r.reply.send(Err(submit_error(SubmitError::NotPrimary)));
+                }
+                // A stopped link's last events, and nothing else, can still arrive.
+                Some(_) = link.recv() => {}
+                Some(_) = done.recv() => {}
+                else => return false,
+            }
+        }
+    }
+
+    /// What a Diskless resource shows: the counters so far, no disk, no data.
+    fn diskless_status(&self) -> Status {
+        let mut s = self.engine.status();
+        s.state = self.detached.unwrap_or(NodeState::DOWN);
+        s.uuids = repl_core::uuid::GenerationUuids::default();
+        s.flags = MdFlags(0);
+        s.size = Sector(0);
+        s.out_of_sync = 0;
+        s.counters.lo = 0;
+        s.counters.pe = 0;
+        s.counters.ua = 0;
+        s.counters.ap = 0;
+        s.resync = None;
+        s
+    }
+
+    /// An operator command on a Diskless resource, checked with DRBD's state rules.
+    fn diskless_command(&mut self, cmd: Command) -> Result<(), ControlError> {
+        let st = self.detached.unwrap_or(NodeState::DOWN);
+        let ctx = self.context;
+        info!("{}: {}", self.prefix(), describe(cmd));
+        let r: Result<(), CommandError> = match cmd {
+            Command::Primary { force } => match st.promote(force, false, &ctx) {
+                Err(e) => Err(e.into()),
+                Ok(Promotion::Unchanged) => Ok(()),
+                Ok(_) => Err(StateChangeError::NoUpToDateDisk.into()),
+            },
+            Command::Secondary => st.demote(&ctx).map(|_| ()).map_err(Into::into),
+            Command::NewCurrentUuid { .. } => Err(StateChangeError::NoDisk.into()),
+            Command::Outdate | Command::Invalidate => Err(StateChangeError::IsDiskless.into()),
+            Command::Disconnect => {
+                if st.conn != ConnState::StandAlone {
+                    self.set_detached_state(NodeState {
+                        conn: ConnState::StandAlone,
+                        ..st
+                    });
+                }
+                self.autoconnect = false;
+                Ok(())
+            }
+            Command::Connect => {
+                if self.link.is_none() {
+                    Err(CommandError::NoNetConfig)
+                } else if st.conn == ConnState::StandAlone {
+                    return Err(ControlError::new(
+                        10,
+                        format!(
+                            "{}: tandemd connects a resource only with its disk attached; attach it first (drbdadm attach {})",
+                            self.shared.minor, self.shared.name
+                        ),
+                    ));
+                } else {
+                    Ok(())
+                }
+            }
+            Command::Down => Ok(()),
+        };
+        if let Err(e) = &r {
+            warn!("{}: {e}", self.prefix());
+        }
+        r.map_err(|e| self.refusal(e))
+    }
+
+    fn set_detached_state(&mut self, new: NodeState) {
+        let old = self.detached.unwrap_or(NodeState::DOWN);
+        info!("{}: {}", self.prefix(), state_change(&old, &new));
+        self.detached = Some(new);
+        self.shared.publish_state(Some(new));
+        self.board.update(self.diskless_status());
+    }
+
+    /// Takes a new engine and its devices (`attach` of a Diskless resource).
+    fn install(&mut self, a: Attachment, reply: oneshot::Sender<Result<(), ControlError>>) {
+        info!("{}: attaching a new disk", self.prefix());
+        self.engine = a.engine;
+        self.data = a.data;
+        self.meta = a.meta;
+        self.shared.size.store(a.size, SeqCst);
+        self.shared.set_degraded(a.degraded);
+        self.shared.detached.store(false, SeqCst);
+        self.attached = Some(reply);
+        self.reattached = true;
+        self.detached = None;
+        self.going_down = false;
+        self.finished = false;
+        self.status_dirty = true;
+        self.counters_dirty = false;
+        self.origin = tokio::time::Instant::now();
+        if let Some(link) = self.link.as_mut() {
+            link.spec = Some(link.saved.clone());
+            link.conn = 0;
+            link.tx = None;
+        }
+        self.shared.publish_state(Some(self.engine.state()));
+    }
+
+    /// The resource is gone (`down` of a Diskless resource).
+    fn gone(&mut self) {
+        self.registry.release(&self.shared.name);
+        self.board.remove(&self.shared.name);
+        self.shared.publish_state(None);
+        info!(
+            "d-con {}: Terminating drbd_w_{}",
+            self.shared.name, self.shared.name
+        );
+        for w in self.down_waiters.drain(..) {
+            let _ = w.send(Ok(()));
+        }
+    }
+
+    /// `detach`: refused as DRBD refuses it (a Primary that would lose its only good data);
+    /// otherwise the engine's `Down` path, answered when the metadata is clean.
+    fn detach(&mut self, force: bool, reply: oneshot::Sender<Result<(), ControlError>>) {
+        if self.detaching.is_some() {
+            self.detach_waiters.push(reply);
+            return;
+        }
+        let st = self.engine.state();
+        let ctx = Context {
+            device_open: self.shared.open.load(SeqCst) > 0,
+            ..self.context
+        };
+        info!("{}: detach", self.prefix());
+        if !force {
+            match st.detach(false, &ctx) {
+                Err(e) => {
+                    warn!("{}: {e}", self.prefix());
+                    let _ = reply.send(Err(self.refusal(e.into())));
+                    return;
+                }
+                // Already Diskless (after an I/O error): nothing to do, as in DRBD.
+                Ok(None) => {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                Ok(Some(_)) if st.role == Role::Primary => {
+                    let msg = format!(
+                        "{}: tandemd cannot keep a Primary running without its disk yet; demote it first (drbdadm secondary {})",
+                        self.shared.minor, self.shared.name
+                    );
+                    warn!("{msg}");
+                    let _ = reply.send(Err(ControlError::new(EXIT_REFUSED, msg)));
+                    return;
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+        match self.engine.command(Command::Down, false) {
+            Ok(()) => {
+                self.going_down = true;
+                self.shared.primary.store(false, SeqCst);
+                self.detaching = Some(st.conn);
+                self.detach_waiters.push(reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(self.refusal(e)));
+            }
+        }
+    }
+
+    /// The engine finished a `detach`'s `Down`: stop the link and stay, Diskless.
+    fn detach_done(&mut self, before: ConnState) {
+        info!(
+            "{}: disk( {} -> Diskless )",
+            self.prefix(),
+            self.engine.state().disk
+        );
+        self.finished = true;
+        self.shared.primary.store(false, SeqCst);
+        self.shared.detached.store(true, SeqCst);
+        let mut conn = ConnState::StandAlone;
+        if let Some(link) = self.link.as_mut() {
+            if let Some(ctl) = link.ctl.take() {
+                let _ = ctl.send(LinkControl::Stop);
+            }
+            link.tx = None;
+            link.spec = Some(link.saved.clone());
+            if before != ConnState::StandAlone {
+                // DRBD keeps the connection of a detached device; tandemd's link needs the
+                // engine, so it waits for the next attach.
+                conn = ConnState::WFConnection;
+            }
+        }
+        self.autoconnect = conn != ConnState::StandAlone;
+        self.detached = Some(NodeState {
+            conn,
+            ..NodeState::DOWN
+        });
+        self.shared.publish_state(self.detached);
+        self.board.update(self.diskless_status());
+        for w in self.detach_waiters.drain(..) {
+            let _ = w.send(Ok(()));
         }
     }
 
@@ -328,6 +698,18 @@ impl Task {
 
     /// Connects the engine and starts the link task (after the attach is durable).
     fn start_link(&mut self) {
+        if self.link.as_ref().and_then(|l| l.spec.as_ref()).is_none() {
+            return;
+        }
+        if let Err(e) = self.engine.command(Command::Connect, false) {
+            warn!("{}: connect: {e}", self.prefix());
+            return;
+        }
+        self.spawn_link();
+    }
+
+    /// Starts the link task if it is not running.
+    fn spawn_link(&mut self) {
         let prefix = self.prefix();
         let Some(link) = self.link.as_mut() else {
             return;
@@ -335,10 +717,6 @@ impl Task {
         let Some(spec) = link.spec.take() else {
             return;
         };
-        if let Err(e) = self.engine.command(Command::Connect, false) {
-            warn!("{}: connect: {e}", self.prefix());
-            return;
-        }
         info!(
             "{prefix}: {} {} -> {} ({})",
             if spec.accepts() {
@@ -406,6 +784,22 @@ impl Task {
             Control::Status { reply } => {
                 let _ = reply.send(self.engine.status());
             }
+            Control::Detach { force, reply } => self.detach(force, reply),
+            Control::Attach { reply, .. } => {
+                // Only a Diskless resource takes a new disk.
+                let r = if self.engine.state().disk > DiskState::Diskless {
+                    Err(self.refusal(StateChangeError::DiskConfigured.into()))
+                } else {
+                    Err(ControlError::new(
+                        10,
+                        format!(
+                            "{}: re-attaching after an I/O error is not supported yet; run drbdadm down {} and drbdadm up {}",
+                            self.shared.minor, self.shared.name, self.shared.name
+                        ),
+                    ))
+                };
+                let _ = reply.send(r);
+            }
             Control::Command {
                 cmd,
                 shutdown,
@@ -443,9 +837,17 @@ impl Task {
             warn!("{}: {e}", self.prefix());
         }
         if cmd == Command::Connect && r.is_ok() {
-            if let Some(ctl) = self.link.as_ref().and_then(|l| l.ctl.as_ref()) {
-                let _ = ctl.send(LinkControl::Connect);
+            self.autoconnect = true;
+            match self.link.as_ref().and_then(|l| l.ctl.as_ref()) {
+                Some(ctl) => {
+                    let _ = ctl.send(LinkControl::Connect);
+                }
+                // Attached while StandAlone: the link task starts now.
+                None => self.spawn_link(),
             }
+        }
+        if cmd == Command::Disconnect && r.is_ok() {
+            self.autoconnect = false;
         }
         r
     }
@@ -525,6 +927,7 @@ impl Task {
         match ev {
             Event::StateChanged { old, new } => {
                 info!("{}: {}", self.prefix(), state_change(&old, &new));
+                self.shared.publish_state(Some(new));
                 if new.role != Role::Primary {
                     self.shared.primary.store(false, SeqCst);
                 } else if !self.going_down {
@@ -549,12 +952,21 @@ impl Task {
                         Ok(())
                     };
                     let _ = up.send(r);
-                    if !failed {
+                    if !failed && self.autoconnect {
                         self.start_link();
+                    }
+                    if failed && self.reattached {
+                        let (reply, _) = oneshot::channel();
+                        self.detach(true, reply);
                     }
                 }
             }
             Event::Down => {
+                if let Some(before) = self.detaching.take() {
+                    self.detach_done(before);
+                    return;
+                }
+                self.shared.publish_state(None);
                 info!(
                     "{}: disk( {} -> Diskless )",
                     self.prefix(),

@@ -492,7 +492,13 @@ pub struct EffectiveResource {
     /// The option list drbdadm would pass to `connect`, in its order.
     pub connect_options: Vec<(String, String)>,
     pub startup: StartupOptions,
+    /// The `startup` options as written (common first), as drbdadm passes them to
+    /// `wait-connect`.
+    pub startup_options: Vec<(String, String)>,
     pub options: ResourceOptions,
+    /// The resource `options` as written (common first), as drbdadm passes them to
+    /// `new-resource`.
+    pub resource_options: Vec<(String, String)>,
     pub handlers: BTreeMap<String, String>,
 }
 
@@ -748,7 +754,8 @@ pub fn resolve(
         });
     }
 
-    let sm = last_values(&expand(&common.startup_options, &res.startup_options));
+    let startup_list = expand(&common.startup_options, &res.startup_options);
+    let sm = last_values(&startup_list);
     let bpo = if res.become_primary_on.is_empty() {
         common.become_primary_on.clone()
     } else {
@@ -761,7 +768,8 @@ pub fn resolve(
         wait_after_sb: boolean(&sm, "wait-after-sb")?,
         become_primary_on: bpo,
     };
-    let om = last_values(&expand(&common.res_options, &res.res_options));
+    let res_list = expand(&common.res_options, &res.res_options);
+    let om = last_values(&res_list);
     let options = ResourceOptions {
         cpu_mask: string(&om, "cpu-mask"),
         on_no_data_accessible: enumerated(
@@ -786,7 +794,9 @@ pub fn resolve(
         net,
         connect_options: pairs(&net_list),
         startup,
+        startup_options: pairs(&startup_list),
         options,
+        resource_options: pairs(&res_list),
         handlers,
     })
 }

@@ -29,11 +29,16 @@
 //! ```
 
 mod drbd9;
+mod json84;
 mod proc_drbd;
 
 pub use drbd9::{
     drbdadm_status, drbdadm_status_json, drbdadm_status_width, status_json, JsonConnection,
     JsonDevice, JsonPeerDevice, JsonResource,
+};
+pub use json84::{
+    cstate_json, dstate_json, proc_drbd_json, role_json, to_text, JsonCstate, JsonDstate,
+    JsonProcDevice, JsonProcDrbd, JsonResync, JsonRole, QueryVolume,
 };
 pub use proc_drbd::proc_drbd;
 

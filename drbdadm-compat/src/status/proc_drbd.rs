@@ -31,19 +31,41 @@ pub fn proc_drbd(views: &[DeviceView], version: &VersionInfo) -> String {
     out
 }
 
+/// Whether `/proc/drbd` shows the minor as `cs:Unconfigured` (StandAlone, Diskless, Secondary).
+pub(crate) fn unconfigured(v: &DeviceView) -> bool {
+    let st = v.status.state;
+    st.conn == ConnState::StandAlone && st.disk == DiskState::Diskless && st.role == Role::Secondary
+}
+
+/// The six flag characters after the protocol (`r-----`).
+pub(crate) fn flags(v: &DeviceView) -> String {
+    [
+        if v.suspended.any() { 's' } else { 'r' },
+        if v.resync_pause.dependency { 'a' } else { '-' },
+        if v.resync_pause.peer { 'p' } else { '-' },
+        if v.resync_pause.user { 'u' } else { '-' },
+        v.congestion.letter(),
+        if v.al_suspended { 's' } else { '-' },
+    ]
+    .iter()
+    .collect()
+}
+
+/// Clamped blocks left and the per-mille done of a resync or verify.
+pub(crate) fn progress_per_mille(p: &ResyncProgress) -> (u64, u64) {
+    per_mille(p.total, p.left)
+}
+
 fn device(out: &mut String, v: &DeviceView) {
     let s = &v.status;
     let st = s.state;
-    if st.conn == ConnState::StandAlone
-        && st.disk == DiskState::Diskless
-        && st.role == Role::Secondary
-    {
+    if unconfigured(v) {
         let _ = writeln!(out, "{:2}: cs:Unconfigured", s.minor);
     } else {
         let c = &s.counters;
         let _ = writeln!(
             out,
-            "{:2}: cs:{} ro:{}/{} ds:{}/{} {} {}{}{}{}{}{}",
+            "{:2}: cs:{} ro:{}/{} ds:{}/{} {} {}",
             s.minor,
             st.conn,
             st.role,
@@ -51,12 +73,7 @@ fn device(out: &mut String, v: &DeviceView) {
             st.disk,
             st.pdsk,
             v.protocol.map_or(' ', |p| p.letter()),
-            if v.suspended.any() { 's' } else { 'r' },
-            if v.resync_pause.dependency { 'a' } else { '-' },
-            if v.resync_pause.peer { 'p' } else { '-' },
-            if v.resync_pause.user { 'u' } else { '-' },
-            v.congestion.letter(),
-            if v.al_suspended { 's' } else { '-' },
+            flags(v),
         );
         let _ = writeln!(
             out,

@@ -1,0 +1,91 @@
+//! `drbdadm -d CMD RES` against drbd-utils' `drbdadm-84 -d CMD RES` for every corpus resource on
+//! each of its nodes: the drbdsetup-84 and drbdmeta command lines, in the same order. The oracle
+//! names drbdsetup by the path it was started from (`/lib/drbd/drbdsetup-84`); ours by name, as
+//! drbdadm does when it is found on `PATH`.
+
+mod common;
+
+use common::*;
+
+/// Commands whose dry run does not depend on a running node (`adjust` with no daemon running
+/// plans everything, as drbdadm-84 does with no kernel module).
+const COMMANDS: &[&[&str]] = &[
+    &["up"],
+    &["adjust"],
+    &["down"],
+    &["attach"],
+    &["detach"],
+    &["primary"],
+    &["primary", "--force"],
+    &["--", "--overwrite-data-of-peer", "primary"],
+    &["secondary"],
+    &["invalidate"],
+    &["outdate"],
+    &["wait-connect"],
+    &["new-current-uuid"],
+    &["new-current-uuid", "--clear-bitmap"],
+    &["connect"],
+    &["disconnect"],
+    &["create-md"],
+    &["create-md", "--force"],
+    &["dump-md"],
+    &["get-gi"],
+    &["show-gi"],
+    &["apply-al"],
+    &["wipe-md"],
+    &["role"],
+    &["cstate"],
+    &["dstate"],
+    &["status"],
+];
+
+#[test]
+fn dry_runs_match_drbdadm_84() {
+    let Some(_) = oracle() else { return };
+    // No daemon answers here, so `adjust` sees nothing up.
+    let run_dir = std::env::temp_dir().join(format!("tandem-dry-run-{}", std::process::id()));
+    assert!(!run_dir.exists());
+    let mut compared = 0;
+    for f in files("v84") {
+        let d = f.parent().unwrap();
+        let n = f.file_name().unwrap().to_string_lossy().into_owned();
+        let mut text = std::fs::read_to_string(&f).unwrap();
+        for inc in files("v84/inc") {
+            text.push_str(&std::fs::read_to_string(inc).unwrap());
+        }
+        for node in host_names(&text) {
+            for res in resource_names(&text) {
+                for cmd in COMMANDS {
+                    let (pre, rest) = match cmd.first() {
+                        Some(&"--") => cmd.split_at(2),
+                        _ => cmd.split_at(0),
+                    };
+                    let mut args = vec!["-c", n.as_str(), "-d"];
+                    args.extend(pre);
+                    args.extend(rest);
+                    args.push(&res);
+                    let want = run_oracle(d, Some(&node), &args);
+                    if want.code != 0 {
+                        // Not for this node, stacked, or not understood by drbdadm-84.
+                        continue;
+                    }
+                    // `--node` before `--`, which run_ours would append after it.
+                    let mut ours = vec!["--run-dir", run_dir.to_str().unwrap(), "--node", &node];
+                    ours.extend(&args);
+                    let got = run_ours(d, None, &ours);
+                    let want_out = want
+                        .stdout
+                        .replace("/lib/drbd/drbdsetup-84", "drbdsetup-84");
+                    assert_eq!(
+                        (got.stdout.as_str(), got.code),
+                        (want_out.as_str(), 0),
+                        "{n} as {node}: drbdadm {args:?}\nstderr: {}",
+                        got.stderr
+                    );
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert!(compared > 200, "compared {compared} dry runs");
+}
