@@ -136,7 +136,7 @@ impl Sim {
     /// Once both sides' bitmaps crossed: every block where the copies differ is set in one of
     /// them (or named by `P_OUT_OF_SYNC`, or under a write in flight).
     pub(crate) fn check_coverage(&mut self) {
-        if self.conn.covered || !(self.alive(0) && self.alive(1)) {
+        if self.conn.covered || !(self.alive(0) && self.alive(1)) || self.stale_handshake() {
             return;
         }
         self.conn.covered = true;
@@ -189,10 +189,20 @@ impl Sim {
         }
     }
 
+    /// A node crashed after sending its handshake on this connection: what it sent outlived
+    /// it, and it will never answer again on this connection.
+    fn stale_handshake(&self) -> bool {
+        (0..2).any(|j| self.conn.uuids_inc[j] != Some(self.nodes[j].inc) || !self.alive(j))
+    }
+
     /// A handshake on node `i` decided to connect or resync: if both copies hold writes the
     /// other never saw, that is a silent merge of a split brain.
     pub(crate) fn handshake_decided(&mut self, i: usize, conn: ConnState) {
         self.count("handshakes");
+        if self.stale_handshake() {
+            self.count("handshakes with a crashed peer");
+            return;
+        }
         if self.model.unique[0] && self.model.unique[1] && !self.conn.discard {
             let name = self.nodes[i].name;
             self.fail(
@@ -232,13 +242,7 @@ impl Sim {
                 .engine
                 .as_ref()
                 .map_or(0, Engine::out_of_sync_blocks);
-            if oos != 0 && self.opts.workaround("rule40-leftover-bits") {
-                self.note(format!(
-                    "{}: {oos} bits left with identical data (workaround rule40-leftover-bits)",
-                    self.nodes[i].name
-                ));
-                self.count("leftover bits tolerated (workaround)");
-            } else if oos != 0 {
+            if oos != 0 {
                 self.fail(
                     "bitmaps-empty",
                     format!(

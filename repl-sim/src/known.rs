@@ -21,6 +21,14 @@ const STAGED_OVERLAP: &str =
 /// merged bitmap) is durable; a crash brings it back UpToDate with a half-synced copy.
 const TARGET_META_LATE: &str =
     "resync target writes data before its Inconsistent superblock is durable";
+/// After `new-current-uuid --clear-bitmap`, the side that accepted the skip never re-sends its
+/// UUIDs, so its peer keeps JUST_CREATED and the INCONSISTENT flag for it; an `invalidate` on
+/// that connection then re-runs the handshake on the stale copy (rule 30, "I shall become
+/// SyncSource, but I am inconsistent!") and `on_bitmap` reports a protocol error after the
+/// abort, overriding StandAlone with WFConnection.
+const STALE_PEER_UUIDS: &str = "the peer's UUIDs are stale after a skipped initial sync";
+/// `primary --force` on a SyncTarget whose connected peer is Primary is accepted.
+const FORCED_TWO_PRIMARIES: &str = "a forced promotion makes two Primaries on one connection";
 /// Not analysed one by one.
 const UNANALYSED: &str = "unanalysed; fails an invariant the reported engine bugs break";
 
@@ -79,21 +87,63 @@ pub const KNOWN_FAILURES: &[KnownFailure] = &[
     k(301, FaultLevel::None, 3000, "acked-write-lost", UNANALYSED),
     k(322, FaultLevel::None, 3000, "acked-write-lost", UNANALYSED),
     k(340, FaultLevel::None, 3000, "acked-write-lost", UNANALYSED),
-    k(364, FaultLevel::None, 3000, "engine-sanity", UNANALYSED),
-    k(438, FaultLevel::None, 3000, "engine-sanity", UNANALYSED),
+    k(
+        364,
+        FaultLevel::None,
+        3000,
+        "engine-sanity",
+        STALE_PEER_UUIDS,
+    ),
+    k(
+        438,
+        FaultLevel::None,
+        3000,
+        "engine-sanity",
+        STALE_PEER_UUIDS,
+    ),
     k(588, FaultLevel::None, 3000, "acked-write-lost", UNANALYSED),
-    k(612, FaultLevel::None, 3000, "engine-sanity", UNANALYSED),
+    k(
+        612,
+        FaultLevel::None,
+        3000,
+        "engine-sanity",
+        STALE_PEER_UUIDS,
+    ),
     k(667, FaultLevel::None, 3000, "acked-write-lost", UNANALYSED),
     k(686, FaultLevel::None, 3000, "copies-identical", UNANALYSED),
     k(715, FaultLevel::None, 3000, "acked-write-lost", UNANALYSED),
-    k(852, FaultLevel::None, 3000, "engine-sanity", UNANALYSED),
-    k(881, FaultLevel::None, 3000, "engine-sanity", UNANALYSED),
-    k(900, FaultLevel::None, 3000, "engine-sanity", UNANALYSED),
+    k(
+        852,
+        FaultLevel::None,
+        3000,
+        "engine-sanity",
+        STALE_PEER_UUIDS,
+    ),
+    k(
+        881,
+        FaultLevel::None,
+        3000,
+        "engine-sanity",
+        STALE_PEER_UUIDS,
+    ),
+    k(
+        900,
+        FaultLevel::None,
+        3000,
+        "engine-sanity",
+        STALE_PEER_UUIDS,
+    ),
     k(1193, FaultLevel::None, 3000, "acked-write-lost", UNANALYSED),
     k(1259, FaultLevel::None, 3000, "bitmap-coverage", UNANALYSED),
     k(1269, FaultLevel::None, 3000, "acked-write-lost", UNANALYSED),
     k(1349, FaultLevel::None, 3000, "bitmap-coverage", UNANALYSED),
-    k(1383, FaultLevel::None, 3000, "engine-sanity", UNANALYSED),
+    k(
+        1383,
+        FaultLevel::None,
+        3000,
+        "engine-sanity",
+        STALE_PEER_UUIDS,
+    ),
     k(1451, FaultLevel::None, 3000, "acked-write-lost", UNANALYSED),
     k(15, FaultLevel::Light, 3000, "acked-write-lost", UNANALYSED),
     k(237, FaultLevel::Light, 3000, "acked-write-lost", UNANALYSED),
@@ -213,7 +263,13 @@ pub const KNOWN_FAILURES: &[KnownFailure] = &[
     k(639, FaultLevel::Heavy, 3000, "acked-write-lost", UNANALYSED),
     k(653, FaultLevel::Heavy, 3000, "acked-write-lost", UNANALYSED),
     k(654, FaultLevel::Heavy, 3000, "acked-write-lost", UNANALYSED),
-    k(682, FaultLevel::Heavy, 3000, "refusals", UNANALYSED),
+    k(
+        682,
+        FaultLevel::Heavy,
+        3000,
+        "refusals",
+        FORCED_TWO_PRIMARIES,
+    ),
     k(719, FaultLevel::Heavy, 3000, "acked-write-lost", UNANALYSED),
     k(748, FaultLevel::Heavy, 3000, "bitmap-coverage", UNANALYSED),
     k(780, FaultLevel::Heavy, 3000, "copies-identical", UNANALYSED),

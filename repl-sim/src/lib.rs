@@ -27,13 +27,6 @@ pub const DEFAULT_STEPS: u64 = 3000;
 /// first run names a reproducing seed for each.
 pub const KNOWN_ENGINE_BUGS: &[(&str, &str)] = &[
     (
-        "demote-with-io",
-        "`down` is not issued while requests are pending and `secondary` sees the device \
-         open: the engine demotes and disconnects with writes in flight or still queued, \
-         issues them afterwards unmirrored or over the new Primary's data, and the next \
-         handshake (rule 40, no UUID change) leaves the copies different",
-    ),
-    (
         "no-flush-before-ack-or-metadata",
         "the simulated disks give metadata writes a preflush (DRBD's md-flushes) and make a \
          node's completed writes durable when it sends P_BARRIER_ACK (DRBD's write-ordering \
@@ -41,23 +34,6 @@ pub const KNOWN_ENGINE_BUGS: &[(&str, &str)] = &[
          done, before the bitmap and superblock that end a resync, or before an AL transaction \
          that evicts an extent, so a power loss leaves an UpToDate copy without data that the \
          peer and the metadata count on",
-    ),
-    (
-        "demote-loses-bitmap",
-        "a disconnected Primary is not demoted with `secondary` (the healed phase uses \
-         down/up): the engine writes the superblock without PRIMARY_IND but not the dirty \
-         bitmap pages, so after a later crash neither the bitmap nor the AL (no longer \
-         replayed) records the blocks written while disconnected; DRBD writes the bitmap on \
-         demote",
-    ),
-    (
-        "crashed-primary-not-persisted",
-        "a node that crashed as Primary and has not resynced or been promoted since is \
-         re-attached with its superblock marked PRIMARY_IND and unclean, as \
-         MDF_CRASHED_PRIMARY would keep it: the engine derives the flag from an unclean \
-         superblock only, so a clean down/up or a second crash forgets it and the next \
-         handshake (rule 40, result 0, \"No resync, but N bits\") never resyncs what the \
-         crashed Primary wrote alone",
     ),
     (
         "promote-keeps-generation",
@@ -73,13 +49,6 @@ pub const KNOWN_ENGINE_BUGS: &[(&str, &str)] = &[
          the 32 KiB AL ring in one write before the superblock that makes a replay \
          unnecessary, so a power loss that tears it leaves an unclean superblock over a ring \
          with corrupt blocks and no valid transaction, and every later attach refuses it",
-    ),
-    (
-        "rule40-leftover-bits",
-        "after the healed phase, bits left on a node whose copy is byte-identical to its \
-         peer's are tolerated: a link lost with writes not yet confirmed by P_BARRIER_ACK \
-         sets bits, and a reconnect with equal UUIDs (rule 40, result 0) never clears them \
-         (\"No resync, but N bits in bitmap!\"); the copies are compared first",
     ),
 ];
 

@@ -318,13 +318,6 @@ impl Sim {
             }
             "demote" => {
                 if let Some(p) = self.primary() {
-                    let connected = self
-                        .state(p)
-                        .is_some_and(|s| s.conn >= ConnState::Connected);
-                    if self.opts.workaround("demote-loses-bitmap") && !connected {
-                        // Workaround demote-loses-bitmap.
-                        return;
-                    }
                     self.headline(format!("operator: secondary {}", self.nodes[p].name));
                     self.fault("op demote");
                     self.command(p, Command::Secondary);
@@ -426,9 +419,6 @@ impl Sim {
             return;
         }
         self.fault(if power { "power loss" } else { "process kill" });
-        if self.state(i).is_some_and(|s| s.role == Role::Primary) {
-            self.nodes[i].crashed_primary = true;
-        }
         let n = &mut self.nodes[i];
         n.engine = None;
         n.inc += 1;
@@ -603,13 +593,6 @@ impl Sim {
                 continue;
             }
             if s.role == Role::Primary && self.nodes[i].reqs.is_empty() {
-                if self.opts.workaround("demote-loses-bitmap") && s.conn < ConnState::Connected {
-                    // Workaround demote-loses-bitmap: `down` writes the bitmap, `secondary`
-                    // does not.
-                    self.headline(format!("heal: down/up {}", self.nodes[i].name));
-                    self.clean_restart(i);
-                    continue;
-                }
                 self.headline(format!("heal: secondary {}", self.nodes[i].name));
                 self.command(i, Command::Secondary);
             }

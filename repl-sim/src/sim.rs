@@ -230,8 +230,6 @@ pub(crate) struct Node {
     pub split_brain: bool,
     /// The last handshake found unrelated data.
     pub unrelated: bool,
-    /// Crashed while Primary and no resync or promotion has settled it since.
-    pub crashed_primary: bool,
     /// Run `create-md` on the disk before the next attach.
     pub wipe: bool,
     /// A whole-copy check is due when the node is next quiet, and when the last one ran.
@@ -279,6 +277,9 @@ pub(crate) struct Conn {
     pub discard: bool,
     /// The coverage check ran.
     pub covered: bool,
+    /// The incarnation of each node when it last sent `P_UUIDS` on this connection: a
+    /// handshake decided on what a since-crashed node sent leads nowhere.
+    pub uuids_inc: [Option<u64>; 2],
 }
 
 /// Where the run is.
@@ -404,7 +405,6 @@ impl Sim {
                 restarting: false,
                 split_brain: false,
                 unrelated: false,
-                crashed_primary: false,
                 wipe: false,
                 check_due: false,
                 last_check: 0,
@@ -632,27 +632,16 @@ impl Sim {
     pub(crate) fn attach(&mut self, i: usize) {
         if std::mem::take(&mut self.nodes[i].wipe) {
             self.nodes[i].disk.recreate_md();
-            self.nodes[i].crashed_primary = false;
             self.model.invalidated(i);
             self.note(format!("operator: create-md on {}", self.nodes[i].name));
         }
-        let mut on_disk = match self.nodes[i].disk.on_disk() {
+        let on_disk = match self.nodes[i].disk.on_disk() {
             Ok(d) => d,
             Err(e) => {
                 self.fail("metadata-decodes", format!("{}: {e}", self.nodes[i].name));
                 return;
             }
         };
-        if self.opts.workaround("crashed-primary-not-persisted") && self.nodes[i].crashed_primary {
-            // Workaround crashed-primary-not-persisted: what MDF_CRASHED_PRIMARY would keep.
-            let sb = &mut on_disk.superblock;
-            sb.flags = sb.flags.with(repl_core::meta::MdFlags::PRIMARY_IND);
-            sb.state = repl_core::meta::MdState::Unclean;
-            self.note(format!(
-                "{} re-attaches as a crashed Primary (workaround crashed-primary-not-persisted)",
-                self.nodes[i].name
-            ));
-        }
         let cfg = self.engine_config(i);
         match Engine::attach(cfg, on_disk) {
             Ok(mut e) => {
@@ -684,15 +673,7 @@ impl Sim {
         // The workload is the NBD client: it holds the device open while it has requests out,
         // as tandemd reports it. A daemon shutdown (`Down`) passes `false` like tandemd does.
         let busy = !self.nodes[i].reqs.is_empty();
-        let avoid = self.opts.workaround("demote-with-io");
-        if avoid && busy && cmd == Command::Down {
-            self.note(format!(
-                "{name} {cmd:?}: deferred while requests are pending (workaround demote-with-io)"
-            ));
-            self.count("down deferred (workaround)");
-            return false;
-        }
-        let device_open = avoid && busy && cmd != Command::Down;
+        let device_open = busy && cmd != Command::Down;
         let Some(e) = self.nodes[i].engine.as_mut() else {
             return false;
         };
@@ -1012,9 +993,6 @@ impl Sim {
             let source_linked = self.link_up_on(1 - i, self.net.gen);
             self.model.resync_done(i, source_linked);
         }
-        if new.role == Role::Primary && old.role != Role::Primary {
-            self.nodes[i].crashed_primary = false;
-        }
         if new.conn >= ConnState::Connected {
             self.nodes[i].split_brain = false;
             self.nodes[i].unrelated = false;
@@ -1044,9 +1022,6 @@ impl Sim {
         }
         if line.starts_with("Digest integrity check FAILED") {
             self.digest_failed = true;
-        }
-        if line.starts_with("Resync done") {
-            self.nodes[i].crashed_primary = false;
         }
         if line.contains("Split-Brain detected but unresolved") {
             self.count("split brains detected");
@@ -1249,6 +1224,7 @@ impl Sim {
             Packet::OutOfSync { sector, len } => {
                 self.conn.oos.push((sector.bytes(), u64::from(*len)));
             }
+            Packet::Uuids { .. } => self.conn.uuids_inc[i] = Some(self.nodes[i].inc),
             _ => {}
         }
     }

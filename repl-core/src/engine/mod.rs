@@ -775,6 +775,7 @@ impl Engine {
             p.local = Some(result);
         }
         self.maybe_complete(req);
+        self.retry_deferred_rs_reads();
     }
 
     /// Fails a request before it reached the disk.
@@ -844,11 +845,11 @@ impl Engine {
         self.maybe_finish_down();
     }
 
-    /// Whether a local write that is issued and not yet completed overlaps the range, or a
-    /// write from the peer or the resync does.
+    /// Whether a local write that is admitted (issued, or staged behind its AL transaction)
+    /// and not yet completed overlaps the range, or a write from the peer or the resync does.
     fn write_in_flight_over(&self, offset: u64, len: u64) -> bool {
         self.requests.values().any(|p| {
-            p.issued
+            (p.issued || p.al_held)
                 && !p.completed
                 && p.request.writes()
                 && p.request

@@ -524,12 +524,24 @@ impl Engine {
         }
         // The peer's role and disk as it reports them, within what the connection allows.
         let syncing = self.state.conn > ConnState::Connected;
+        let old = self.state;
         self.force_state(|ns| {
             ns.peer = s.role;
             if !syncing {
                 ns.pdsk = s.disk;
             }
         });
+        if lost_contact_to_peer_data(old.pdsk, self.state.pdsk)
+            && self.sb.uuids.needs_new_current_on_peer_loss(&self.state)
+        {
+            // The peer's disk is gone while a Primary writes: this copy moves on alone
+            // (`after_state_ch`, "Lost contact to peer's copy of the data").
+            let random = self.rng.next_u64();
+            self.sb.uuids.new_current(random, self.state.role);
+            self.log(format!("new current UUID {}", self.sb.uuids.current));
+            self.write_superblock(After::Superblock);
+            self.send_uuids(UuidFlags::default());
+        }
         if phase == Phase::Running && self.state.conn == ConnState::Connected {
             let (me, them) = (self.state.disk, s.disk);
             let inconsistent = DiskState::Inconsistent;
@@ -851,7 +863,14 @@ impl Engine {
         if fua {
             flags = flags.with(DataFlags::FUA);
         }
-        let protocol = peer.params.protocol;
+        // A node whose own copy is not UpToDate (a SyncTarget, a detached disk) has no
+        // authoritative copy of the write but the peer's: it completes on the write ack
+        // whatever the protocol, or a lost link would let a resync overwrite it.
+        let protocol = if self.state.disk < DiskState::UpToDate {
+            Protocol::C
+        } else {
+            peer.params.protocol
+        };
         match protocol {
             Protocol::B => flags = flags.with(DataFlags::SEND_RECV_ACK),
             Protocol::C => flags = flags.with(DataFlags::SEND_WRITE_ACK),
@@ -1133,8 +1152,12 @@ impl Engine {
                 true,
             );
         }
+        if !ok {
+            self.local_io_error("a write for the peer");
+        }
         self.admit_peer_writes();
         self.admit_waiting();
+        self.retry_deferred_rs_reads();
         self.maybe_finish_down();
     }
 
@@ -1299,21 +1322,16 @@ impl Engine {
             return;
         };
         let request = p.request.clone();
-        let mirrored = match &request {
-            Request::Flush => {
-                self.mirror_flush(req);
-                self.requests.get(&req).is_some_and(|p| p.net.is_mirrored())
+        match &request {
+            Request::Flush => self.mirror_flush(req),
+            Request::Read { .. } => {}
+            _ => {
+                self.mirror_write(req, &request);
             }
-            Request::Read { .. } => false,
-            _ => self.mirror_write(req, &request),
-        };
-        let result = if mirrored {
-            Ok(None)
-        } else {
-            Err(super::RequestError::Detached)
-        };
+        }
+        // No local part: the request succeeds only if the peer acks it (`maybe_complete`).
         if let Some(p) = self.requests.get_mut(&req) {
-            p.local = Some(result);
+            p.local = Some(Err(super::RequestError::Detached));
         }
         self.maybe_complete(req);
     }

@@ -53,6 +53,9 @@ pub(super) struct Resync {
     failed_bits: u64,
     /// `(when, blocks left)` every [`MARK_STEP`], oldest first.
     marks: std::collections::VecDeque<(Instant, u64)>,
+    /// The source's reads that wait for an overlapping local write to finish: read now, they
+    /// could miss its data and the target would clear bits for blocks it never got.
+    deferred: Vec<(u64, Sector, u32)>,
 }
 
 #[derive(Debug)]
@@ -103,6 +106,7 @@ impl Engine {
                 rate_kib,
                 failed_bits: 0,
                 marks: std::collections::VecDeque::from([(now, total_bits)]),
+                deferred: Vec::new(),
             });
         }
         let conn = if source {
@@ -186,7 +190,6 @@ impl Engine {
                     break;
                 }
                 let run = run.start..run.end.min(end_bit);
-                // Blocks under an application write in flight wait for it.
                 let (offset, len) = (run.start * BLOCK_BYTES, (run.end - run.start) * BLOCK_BYTES);
                 let len = len.min(self.size - offset);
                 r.pos = run.end;
@@ -232,10 +235,45 @@ impl Engine {
             self.send(Packet::RsNegReply { id, sector, len });
             return;
         }
+        if self.local_write_unfinished_over(offset, u64::from(len)) {
+            if let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) {
+                r.deferred.push((id, sector, len));
+                return;
+            }
+        }
         self.op(
             OpFor::RsRead { link, id, sector },
             DiskOp::Read { offset, len },
         );
+    }
+
+    /// Reads the deferred resync requests that no unfinished local write overlaps any more.
+    pub(super) fn retry_deferred_rs_reads(&mut self) {
+        let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
+            return;
+        };
+        if r.deferred.is_empty() {
+            return;
+        }
+        for (id, sector, len) in std::mem::take(&mut r.deferred) {
+            self.on_rs_request(id, sector, len);
+        }
+    }
+
+    /// Whether a write that went to the disk (or a mirrored write from the peer, which came
+    /// before the request on the same stream) has not finished there and overlaps.
+    fn local_write_unfinished_over(&self, offset: u64, len: u64) -> bool {
+        self.requests.values().any(|p| {
+            p.issued
+                && p.local.is_none()
+                && p.request.writes()
+                && p.request
+                    .range()
+                    .is_some_and(|r| super::overlaps(r, (offset, len)))
+        }) || self
+            .peer_writes
+            .values()
+            .any(|w| !w.resync && super::overlaps((w.offset, w.len), (offset, len)))
     }
 
     pub(super) fn rs_read_done(&mut self, link: u64, id: u64, sector: Sector, result: DiskResult) {
@@ -251,6 +289,7 @@ impl Engine {
             }),
             _ => {
                 self.log(format!("resync read error at sector {}", sector.0));
+                self.local_io_error(&format!("a resync read at sector {}", sector.0));
                 // The length is what was asked for; a failed read carries none, so ask the
                 // target to retry the smallest unit it may have requested.
                 self.send(Packet::RsNegReply {
@@ -389,7 +428,9 @@ impl Engine {
         self.resync_progress();
     }
 
-    /// An application write to this range overtakes resync data still on its way.
+    /// An application write to this range overtakes resync data still on its way, and
+    /// resync data received but not yet written: that data is older and is dropped, and the
+    /// blocks the write does not cover are asked for again.
     pub(super) fn mark_resync_requests_stale(&mut self, offset: u64, len: u64) {
         let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
             return;
@@ -402,6 +443,21 @@ impl Engine {
             if super::overlaps((o, l), (offset, len)) {
                 f.stale = true;
             }
+        }
+        let dropped: Vec<u64> = self
+            .peer_writes
+            .iter()
+            .filter(|(_, w)| {
+                w.resync && !w.issued && super::overlaps((w.offset, w.len), (offset, len))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in dropped {
+            if let Some(w) = self.peer_writes.remove(&key) {
+                r.inflight.remove(&w.id);
+                r.pos = 0;
+            }
+            self.peer_wait.retain(|k| *k != key);
         }
     }
 
