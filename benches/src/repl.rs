@@ -7,8 +7,9 @@
 //!    back between runs).
 //! 2. A full resync of a fully out-of-sync volume (`primary --force` on fresh metadata) at the
 //!    highest `resync-rate` DRBD accepts, timed from `primary --force` until both nodes are
-//!    Connected and UpToDate/UpToDate, against `nbdcopy` copying the same bytes between two
-//!    nbdkit exports of the same two files.
+//!    Connected and UpToDate/UpToDate, against `nbdcopy --flush` copying the same bytes between
+//!    two nbdkit exports of the same two files. `--flush`, because a resync ends durable: the
+//!    target flushes its data before it writes the metadata that says UpToDate.
 //! 3. A full resync at a set `resync-rate`: measured rate over configured rate.
 //! 4. Each tandemd's resident memory with 1 TiB sparse backing files, after a short 4 KiB
 //!    random-write fio job on the Primary.
@@ -162,6 +163,17 @@ pub struct ResyncResult {
     pub copy_bytes: u64,
     pub nbdcopy_secs: f64,
     pub nbdcopy_mib_s: f64,
+    /// CPU of the source nbdkit, the destination nbdkit and nbdcopy during the copy, percent
+    /// of one core.
+    pub nbdcopy_cpu: [f64; 3],
+}
+
+/// One timed `nbdcopy` run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CopyRun {
+    secs: f64,
+    /// Source nbdkit, destination nbdkit, nbdcopy: percent of one core.
+    cpu: [f64; 3],
 }
 
 /// Part 3: medians over rounds.
@@ -179,6 +191,8 @@ pub struct MemoryResult {
     pub volume: u64,
     /// VmRSS of alpha's and beta's tandemd after `up` and the promotion, before fio, KiB.
     pub idle_kib: [u64; 2],
+    /// VmHWM (peak resident) at that point, KiB.
+    pub idle_hwm_kib: [u64; 2],
     /// VmRSS after the fio job, KiB.
     pub rss_kib: [u64; 2],
     /// VmHWM (peak resident) after the fio job, KiB.
@@ -272,7 +286,7 @@ pub fn run(cfg: &Config, out: &mut dyn Write) -> Result<Results, ReplError> {
     writeln!(
         out,
         "tandem: alpha (Primary) and beta on 127.0.0.1/127.0.0.2, protocol C, internal metadata, \
-         backing files in {}; nbdkit: file plugin, cache=default",
+         backing files in {}; nbdkit: file plugin, cache=default; nbdcopy --flush",
         cfg.dir.display()
     )?;
     writeln!(
@@ -569,7 +583,7 @@ fn part_resync(
     let within = SETTLE + Duration::from_secs(cfg.size / (2 << 20));
     let launcher = tools.launcher();
     let (mut kib, mut t_secs, mut t_cpu) = (0, Vec::new(), [Vec::new(), Vec::new()]);
-    let mut c_secs = Vec::new();
+    let (mut c_secs, mut c_cpu) = (Vec::new(), [Vec::new(), Vec::new(), Vec::new()]);
     for round in 1..=cfg.rounds {
         let (k, secs, cpu) = timed_full_sync(
             cfg,
@@ -591,14 +605,21 @@ fn part_resync(
         t_cpu[0].push(cpu[0]);
         t_cpu[1].push(cpu[1]);
 
-        let secs = nbdcopy(tools, &launcher, dir, disks, within)?;
+        let copy = nbdcopy(tools, &launcher, dir, disks, within)?;
         eprintln!(
-            "[{round}/{}] nbdcopy {:>8.1} MiB/s  ({} in {secs:.2} s)",
+            "[{round}/{}] nbdcopy {:>8.1} MiB/s  ({} in {:.2} s; CPU nbdkit source {:.0}% destination {:.0}%, nbdcopy {:.0}%)",
             cfg.rounds,
-            cfg.size as f64 / f64::from(1 << 20) / secs,
-            bytes(cfg.size)
+            cfg.size as f64 / f64::from(1 << 20) / copy.secs,
+            bytes(cfg.size),
+            copy.secs,
+            copy.cpu[0],
+            copy.cpu[1],
+            copy.cpu[2]
         );
-        c_secs.push(secs);
+        c_secs.push(copy.secs);
+        for (v, c) in c_cpu.iter_mut().zip(copy.cpu) {
+            v.push(c);
+        }
     }
     let (Some(ts), Some(cs), Some(ca), Some(cb)) = (
         median(t_secs),
@@ -608,6 +629,7 @@ fn part_resync(
     ) else {
         return Err(ReplError::Unexpected("no rounds were measured".into()));
     };
+    let nbdcopy_cpu = c_cpu.map(|v| median(v).unwrap_or(0.0));
     Ok(ResyncResult {
         kib,
         tandem_secs: ts,
@@ -616,17 +638,19 @@ fn part_resync(
         copy_bytes: cfg.size,
         nbdcopy_secs: cs,
         nbdcopy_mib_s: cfg.size as f64 / f64::from(1 << 20) / cs,
+        nbdcopy_cpu,
     })
 }
 
-/// `nbdcopy` from an nbdkit export of `disks[0]` to one of `disks[1]`; seconds it took.
+/// `nbdcopy --flush` from an nbdkit export of `disks[0]` to one of `disks[1]`: the seconds it
+/// took and the CPU each process used.
 fn nbdcopy(
     tools: &Tools,
     launcher: &Launcher,
     dir: &Path,
     disks: [&Path; 2],
     within: Duration,
-) -> Result<f64, ReplError> {
+) -> Result<CopyRun, ReplError> {
     let (src_dir, dst_dir) = (dir.join("copy-src"), dir.join("copy-dst"));
     std::fs::create_dir_all(&src_dir)?;
     std::fs::create_dir_all(&dst_dir)?;
@@ -634,11 +658,14 @@ fn nbdcopy(
     let dst = launcher.start(Server::Nbdkit, disks[1], &dst_dir)?;
     let err_path = dir.join("nbdcopy.err");
     let mut cmd = Command::new(&tools.nbdcopy);
-    cmd.arg(fio::nbd_unix_uri(src.socket()))
+    cmd.arg("--flush")
+        .arg(fio::nbd_unix_uri(src.socket()))
         .arg(fio::nbd_unix_uri(dst.socket()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err_path)?);
+    let servers_before = [src.cpu_time()?, dst.cpu_time()?];
+    let children_before = process::reaped_children_cpu_time();
     let start = Instant::now();
     let mut child = ChildGuard::spawn(&mut cmd)
         .map_err(|e| ReplError::Nbdcopy(format!("cannot start: {e}")))?;
@@ -647,17 +674,25 @@ fn nbdcopy(
         e => ReplError::Nbdcopy(e.to_string()),
     })?;
     let secs = start.elapsed().as_secs_f64();
+    let copy_cpu = process::reaped_children_cpu_time().saturating_sub(children_before);
+    let servers_after = [src.cpu_time()?, dst.cpu_time()?];
     if !status.success() {
         let err = std::fs::read_to_string(&err_path).unwrap_or_default();
         return Err(ReplError::Nbdcopy(format!("{status}: {}", err.trim())));
     }
+    let pct = |d: Duration| 100.0 * d.as_secs_f64() / secs.max(1e-9);
+    let cpu = [
+        pct(servers_after[0].saturating_sub(servers_before[0])),
+        pct(servers_after[1].saturating_sub(servers_before[1])),
+        pct(copy_cpu),
+    ];
     src.stop()?;
     dst.stop()?;
     for d in disks {
         scratch::sync_file(d)?;
     }
     check_interrupt()?;
-    Ok(secs)
+    Ok(CopyRun { secs, cpu })
 }
 
 /// Part 3: a full sync at a set rate.
@@ -751,6 +786,7 @@ fn part_memory(cfg: &Config, tools: &Tools, dir: &Path) -> Result<MemoryResult, 
         MemoryResult {
             volume: cfg.huge,
             idle_kib: [idle[0].0, idle[1].0],
+            idle_hwm_kib: [idle[0].1, idle[1].1],
             rss_kib: [after[0].0, after[1].0],
             hwm_kib: [after[0].1, after[1].1],
             fio: sample,
@@ -892,7 +928,7 @@ pub fn table(r: &Results) -> String {
         format!("full sync, resync-rate {UNLIMITED_RATE}"),
         format!("{:.0} MiB/s ({:.2} s)", s.tandem_mib_s, s.tandem_secs),
         format!(
-            "nbdcopy {:.0} MiB/s ({:.2} s)",
+            "nbdcopy --flush {:.0} MiB/s ({:.2} s)",
             s.nbdcopy_mib_s, s.nbdcopy_secs
         ),
         format!("{ratio:.2}x"),
@@ -944,7 +980,10 @@ pub fn details(r: &Results) -> String {
             "{:.0} / {:.0}",
             r.resync.tandem_cpu[0], r.resync.tandem_cpu[1]
         ),
-        "-".to_owned(),
+        format!(
+            "nbdkit {:.0} + {:.0}, nbdcopy {:.0}",
+            r.resync.nbdcopy_cpu[0], r.resync.nbdcopy_cpu[1], r.resync.nbdcopy_cpu[2]
+        ),
         "-".to_owned(),
     ]);
     let mut out = layout(&rows);
@@ -957,9 +996,11 @@ pub fn details(r: &Results) -> String {
         r.rate.kib
     ));
     out.push_str(&format!(
-        "memory: VmRSS after up+primary alpha {} / beta {}; after {} s of {} ({:.0} IOPS) alpha {} / beta {}\n",
+        "memory: VmRSS after up+primary alpha {} / beta {} (peak so far {} / {}); after {} s of {} ({:.0} IOPS) alpha {} / beta {}\n",
         mib(r.memory.idle_kib[0]),
         mib(r.memory.idle_kib[1]),
+        mib(r.memory.idle_hwm_kib[0]),
+        mib(r.memory.idle_hwm_kib[1]),
         r.memory.runtime,
         MEMORY_ROW.name,
         r.memory.fio.iops,
