@@ -25,32 +25,14 @@ pub const DEFAULT_STEPS: u64 = 3000;
 /// that every other seed stays meaningful; `repl-sim --expose-known-bugs` turns all of them
 /// off to reproduce the bugs. `(name, what is avoided and why)`; the report of the simulator's
 /// first run names a reproducing seed for each.
-pub const KNOWN_ENGINE_BUGS: &[(&str, &str)] = &[
-    (
-        "no-flush-before-ack-or-metadata",
-        "the simulated disks give metadata writes a preflush (DRBD's md-flushes) and make a \
-         node's completed writes durable when it sends P_BARRIER_ACK (DRBD's write-ordering \
-         flush): the engine never flushes the data area before telling the peer an epoch is \
-         done, before the bitmap and superblock that end a resync, or before an AL transaction \
-         that evicts an extent, so a power loss leaves an UpToDate copy without data that the \
-         peer and the metadata count on",
-    ),
-    (
-        "promote-keeps-generation",
-        "a disconnected node whose bitmap UUID is set is not promoted: promotion starts a new \
+pub const KNOWN_ENGINE_BUGS: &[(&str, &str)] = &[(
+    "promote-keeps-generation",
+    "a disconnected node whose bitmap UUID is set is not promoted: promotion starts a new \
          generation only when the bitmap UUID is 0 (as in DRBD 8.4), and a bitmap UUID left \
          from a resync whose end the node never recorded (one-way partition, crash before the \
          resync-end superblock) makes its new writes look like the old generation; the next \
          handshake (rule 50/70) discards them without detecting split brain",
-    ),
-    (
-        "al-ring-reinit-torn",
-        "multi-block metadata writes tear at 4 KiB instead of 512 bytes: attach re-initializes \
-         the 32 KiB AL ring in one write before the superblock that makes a replay \
-         unnecessary, so a power loss that tears it leaves an unclean superblock over a ring \
-         with corrupt blocks and no valid transaction, and every later attach refuses it",
-    ),
-];
+)];
 
 /// A seed that fails because of an engine bug that is reported and not fixed yet. Listed so
 /// that CI stays meaningful; every entry names the report. A seed's run depends on its step

@@ -30,7 +30,8 @@
 //!   Primary lost from its volatile cache when it comes back as the source (rule 40): they are
 //!   lost for the cluster, as on a local disk that lost power before a FLUSH. When the resync
 //!   ends, `need[i] = need[j]` unless `j` lost the connection already (its later writes never
-//!   came), and `dur[i] = min(dur[i], need[i])`;
+//!   came) or the link runs protocol A or B (writes acknowledged during the resync may still
+//!   be on their way), and `dur[i] = min(dur[i], need[i])`;
 //! - `primary --force` on a disk that is not UpToDate declares its data good: `need[i]` and
 //!   `dur[i]` drop to 0 (anything that is valid data).
 //!
@@ -250,11 +251,16 @@ impl Model {
     }
 
     /// A resync ended with `target` UpToDate: both copies converged. `source_linked`: the
-    /// source still had the connection, so everything it acknowledged reached the target.
-    pub fn resync_done(&mut self, target: usize, source_linked: bool) {
+    /// source still had the connection, so everything it acknowledged reached the target;
+    /// under protocol A or B only what it acknowledged before the resync began (writes
+    /// acknowledged since may still be on their way, and a lost link marks them out of sync
+    /// on the source instead).
+    pub fn resync_done(&mut self, target: usize, source_linked: bool, protocol_c: bool) {
         let source = 1 - target;
         if source_linked {
-            self.need[target] = self.need[source].clone();
+            if protocol_c {
+                self.need[target] = self.need[source].clone();
+            }
             self.unique = [false, false];
         } else {
             self.unique[target] = false;

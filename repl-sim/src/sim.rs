@@ -416,12 +416,9 @@ impl Sim {
         };
         let mut nodes = [mk(NAMES[0])?, mk(NAMES[1])?];
         for n in &mut nodes {
-            n.disk.preflush_meta = opts.workaround("no-flush-before-ack-or-metadata");
-            n.disk.meta_tear_unit = if opts.workaround("al-ring-reinit-torn") {
-                4096
-            } else {
-                SECTOR
-            };
+            // The engine's contract: a metadata write is preceded by a flush (`md-flushes`).
+            n.disk.preflush_meta = true;
+            n.disk.meta_tear_unit = SECTOR;
         }
         let sectors = nodes[0].disk.usable() / SECTOR;
         let work = Workload::new(sectors, &mut rng);
@@ -991,7 +988,8 @@ impl Sim {
             // The source's copy is what the target now holds only while the source still has
             // the connection: once it lost it, its later writes never reached the target.
             let source_linked = self.link_up_on(1 - i, self.net.gen);
-            self.model.resync_done(i, source_linked);
+            let protocol_c = self.net.sides[i].established() == Some(Protocol::C);
+            self.model.resync_done(i, source_linked, protocol_c);
         }
         if new.conn >= ConnState::Connected {
             self.nodes[i].split_brain = false;
@@ -1169,12 +1167,6 @@ impl Sim {
     fn observe_sent(&mut self, i: usize, p: &Packet, established: bool) {
         let gen = self.net.gen;
         match p {
-            Packet::BarrierAck { .. }
-                if self.opts.workaround("no-flush-before-ack-or-metadata") =>
-            {
-                // The flush DRBD issues before acking a barrier (write-ordering flush).
-                self.nodes[i].disk.flush_completed();
-            }
             Packet::Data { id, .. } if established => {
                 let peer_inc = self.nodes[1 - i].inc;
                 if let Some(r) = self.nodes[i].reqs.get_mut(id) {

@@ -322,13 +322,23 @@ impl Engine {
             for page in bitmap.take_dirty_pages() {
                 meta_queue.push_back(bitmap_page_step(&layout, &bitmap, page));
             }
+            // Clean before the ring is rewritten: a crash that tears the rewrite then leaves
+            // a superblock that does not ask for a replay.
+            sb = sb.al_applied();
             meta_queue.push_back(MetaStep {
-                offset: layout.al_start(),
-                data: Bytes::from(al::initialized_ring(layout.al)),
+                offset: layout.md_offset,
+                data: Bytes::copy_from_slice(&sb.encode()),
                 after: After::Nothing,
             });
-            sb = sb.al_applied();
         }
+        // Every attach starts a fresh ring, as `drbdmeta apply-al` does before every kernel
+        // attach: transaction numbers restart at 0, so older ones must not survive to be
+        // replayed as newer after the next crash.
+        meta_queue.push_back(MetaStep {
+            offset: layout.al_start(),
+            data: Bytes::from(al::initialized_ring(layout.al)),
+            after: After::Nothing,
+        });
         let al = ActivityLog::new(cfg.al_extents, layout.al)?;
         let meta = AttachMeta {
             consistent: sb.flags.contains(MdFlags::CONSISTENT),

@@ -606,6 +606,42 @@ fn a_failed_disk_detaches_and_the_primary_serves_from_its_peer() {
 }
 
 #[test]
+fn the_secondary_left_with_the_only_disk_starts_a_new_generation() {
+    let mut p = Pair::synced(Protocol::C);
+    let before = p.n[1].e.uuids();
+    p.n[0].fail_writes = true;
+    p.submit(0, write(0, 0x11, 4096));
+    assert_eq!(p.n[0].e.state().disk, DiskState::Diskless);
+    let after = p.n[1].e.uuids();
+    assert_ne!(after.current, before.current, "a new generation began");
+    assert_eq!(after.bitmap, before.current);
+    assert!(p.n[1].logged("new current UUID"));
+    assert_eq!(p.n[1].d.superblock().uuids, after, "and it is durable");
+}
+
+#[test]
+fn a_diskless_primary_write_fails_when_the_peer_cannot_write_it() {
+    for protocol in [Protocol::A, Protocol::B, Protocol::C] {
+        let mut p = Pair::synced(protocol);
+        p.n[0].fail_writes = true;
+        p.submit(0, write(0, 0x11, 4096));
+        assert_eq!(p.n[0].e.state().disk, DiskState::Diskless, "{protocol:?}");
+        p.n[1].fail_writes = true;
+        let w = p.submit(0, write(8192, 0x22, 4096));
+        assert_eq!(
+            p.n[0].completions.last(),
+            Some(&(w, Err(RequestError::Detached))),
+            "{protocol:?}: no disk holds it"
+        );
+        assert_eq!(
+            p.n[1].e.state().disk,
+            DiskState::Diskless,
+            "{protocol:?}: on-io-error detach on the peer too"
+        );
+    }
+}
+
+#[test]
 fn a_primary_sync_target_reads_out_of_sync_blocks_from_the_source() {
     let mut p = Pair::synced(Protocol::C);
     p.submit(0, write(65536, 0x5A, 4096));

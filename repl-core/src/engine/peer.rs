@@ -494,6 +494,9 @@ impl Engine {
                 self.log("Accepting skip initial sync from peer".into());
                 self.skip_initial_sync();
                 self.write_superblock(After::Superblock);
+                // The peer's copy of our UUIDs still says JUST_CREATED and Inconsistent; a
+                // later handshake on this connection (`invalidate`) must see these.
+                self.send_uuids(UuidFlags::default());
                 self.send_state();
             }
         }
