@@ -164,9 +164,21 @@ pub fn open_volume(res: &str, vol: &EffectiveVolume) -> Result<Backing, ControlE
     })
 }
 
+/// What a disk operation was, for the log line of its failure.
+struct OpName(&'static str, Option<(u64, u64)>);
+
+impl std::fmt::Display for OpName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some((len, offset)) => write!(f, "{} of {len} bytes at {offset}", self.0),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
 /// Performs one of the engine's disk operations; metadata writes are durable (FUA).
 pub async fn perform(data: &FileDevice, meta: &FileDevice, kind: DiskOp) -> DiskResult {
-    let r = match kind {
+    let (what, r) = match kind {
         DiskOp::Read { offset, len } => {
             return match data.read(offset, len).await {
                 Ok(b) => DiskResult::Data(b),
@@ -180,28 +192,41 @@ pub async fn perform(data: &FileDevice, meta: &FileDevice, kind: DiskOp) -> Disk
             offset,
             data: d,
             fua,
-        } => data.write(offset, d, fua).await,
-        DiskOp::Flush => data.flush().await,
-        DiskOp::Trim { offset, len } => data.trim(offset, len, false).await,
+        } => (
+            OpName("write", Some((d.len() as u64, offset))),
+            data.write(offset, d, fua).await,
+        ),
+        // With buffered I/O, this is where the errors of earlier writes surface (writeback).
+        DiskOp::Flush => (OpName("flush", None), data.flush().await),
+        DiskOp::Trim { offset, len } => (
+            OpName("trim", Some((u64::from(len), offset))),
+            data.trim(offset, len, false).await,
+        ),
         DiskOp::WriteZeroes { offset, len, fua } => {
             let flags = ZeroFlags {
                 no_hole: false,
                 fast: false,
                 fua,
             };
-            data.write_zeroes(offset, len, flags).await
+            (
+                OpName("write-zeroes", Some((u64::from(len), offset))),
+                data.write_zeroes(offset, len, flags).await,
+            )
         }
         // DRBD's md-flushes: the data written before a metadata update is durable before
         // the update is, so metadata never claims more than the disk holds.
         DiskOp::MetaWrite { offset, data: d } => match data.flush().await {
-            Ok(()) => meta.write(offset, d, true).await,
-            Err(e) => Err(e),
+            Ok(()) => (
+                OpName("meta data write", Some((d.len() as u64, offset))),
+                meta.write(offset, d, true).await,
+            ),
+            Err(e) => (OpName("flush before a meta data write", None), Err(e)),
         },
     };
     match r {
         Ok(()) => DiskResult::Done,
         Err(e) => {
-            tracing::error!("disk I/O error: {e}");
+            tracing::error!("disk I/O error: {what}: {e}");
             DiskResult::Failed
         }
     }

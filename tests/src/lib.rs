@@ -3,6 +3,7 @@
 
 pub mod acked;
 pub mod cluster;
+pub mod faults;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
