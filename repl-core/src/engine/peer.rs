@@ -148,6 +148,9 @@ pub(super) struct Peer {
     /// Epochs whose flush is running: `(epoch, writes)`, acked when it completes.
     pub acking: Vec<(u32, u32)>,
     pub resync: Option<Resync>,
+    /// The bitmap count in our last `P_UUIDS`: both sides judge leftover bits from the same
+    /// two numbers.
+    pub sent_bits: u64,
 }
 
 /// An epoch of writes received from the Primary.
@@ -209,9 +212,13 @@ impl Engine {
         if self.peer.as_ref().is_some_and(|p| p.params.discard_my_data) {
             flags |= UuidFlags::DISCARD_MY_DATA.0;
         }
+        let bits = self.bitmap.count();
+        if let Some(p) = self.peer.as_mut() {
+            p.sent_bits = bits;
+        }
         let packet = Packet::Uuids {
             uuids: self.sb.uuids,
-            bitmap_bits: self.bitmap.count(),
+            bitmap_bits: bits,
             flags,
         };
         self.send(packet);
@@ -288,6 +295,7 @@ impl Engine {
             epochs: BTreeMap::new(),
             acking: Vec::new(),
             resync: None,
+            sent_bits: 0,
         });
         self.force_state(|s| s.conn = ConnState::WFReportParams);
         let backing = if self.state.disk > DiskState::Diskless {
@@ -534,6 +542,21 @@ impl Engine {
                 ns.pdsk = s.disk;
             }
         });
+        if !syncing && old.pdsk == DiskState::UpToDate && s.disk < DiskState::UpToDate {
+            // The peer's copy stopped vouching for its data (a disk error): mirrored writes
+            // it has not confirmed by P_BARRIER_ACK may be missing there.
+            let mut failed = Vec::new();
+            for (req, p) in &mut self.requests {
+                if p.request.writes() && p.net.is_mirrored() && p.net != Net::Done {
+                    p.net = Net::Failed;
+                    failed.push(*req);
+                }
+            }
+            failed.sort();
+            for req in failed {
+                self.maybe_complete(req);
+            }
+        }
         if lost_contact_to_peer_data(old.pdsk, self.state.pdsk)
             && self.sb.uuids.needs_new_current_on_peer_loss(&self.state)
         {
@@ -577,6 +600,7 @@ impl Engine {
             return;
         };
         let params = peer.params;
+        let sent_bits = peer.sent_bits;
         let mut my_flags = UuidFlags::default();
         if self.crashed_primary {
             my_flags = UuidFlags(my_flags.0 | UuidFlags::CRASHED_PRIMARY.0);
@@ -655,6 +679,28 @@ impl Engine {
                     self.abort_connection("Split-Brain detected, dropping connection!");
                     return;
                 }
+            }
+        }
+        if result == 0 && my_disk == DiskState::UpToDate && peer_disk == DiskState::UpToDate {
+            // Same generation, yet one side has bits: writes whose confirmation the link lost
+            // (DRBD 8.4 logs "No resync, but N bits in bitmap!" and keeps them). The side
+            // with bits holds those writes; resync them from it, unless the target is Primary.
+            let (mine, theirs_bits) = (sent_bits, theirs.bits);
+            if mine > 0 && theirs_bits == 0 && their_state.role != Role::Primary {
+                result = 1;
+            } else if mine == 0 && theirs_bits > 0 && self.state.role != Role::Primary {
+                result = -1;
+            }
+            if result != 0 {
+                self.log(format!(
+                    "Bits left in the {} bitmap: resync them as {}.",
+                    if result > 0 { "local" } else { "peer's" },
+                    if result > 0 {
+                        "SyncSource"
+                    } else {
+                        "SyncTarget"
+                    }
+                ));
             }
         }
         if result > 0 && my_disk == inconsistent {
@@ -1343,14 +1389,31 @@ impl Engine {
     pub(super) fn local_io_error(&mut self, what: &str) {
         self.log(format!("local disk I/O error on {what}"));
         match self.cfg.on_io_error {
-            super::OnIoError::PassOn => {}
-            super::OnIoError::CallLocalIoError => {
-                self.emit_handler(super::Handler::LocalIoError);
+            super::OnIoError::PassOn => {
+                // The disk stays, but no longer vouches for its data: the failed blocks are
+                // out of sync (set by the caller) and the peer resyncs them.
+                if self.state.disk > DiskState::Inconsistent {
+                    self.log(format!(
+                        "disk( {} -> Inconsistent ): on-io-error pass_on",
+                        self.state.disk
+                    ));
+                    self.force_state(|s| s.disk = DiskState::Inconsistent);
+                    self.write_superblock(After::Nothing);
+                    self.send_uuids(UuidFlags::INCONSISTENT);
+                    self.send_state();
+                }
             }
-            super::OnIoError::Detach => {
+            super::OnIoError::CallLocalIoError | super::OnIoError::Detach => {
+                // `call-local-io-error` detaches too, then runs the handler.
                 if self.state.disk > DiskState::Failed {
-                    self.log("disk( UpToDate -> Failed ): on-io-error detach".into());
+                    self.log(format!(
+                        "disk( {} -> Failed ): on-io-error detach",
+                        self.state.disk
+                    ));
                     self.detach_after_error();
+                    if self.cfg.on_io_error == super::OnIoError::CallLocalIoError {
+                        self.emit_handler(super::Handler::LocalIoError);
+                    }
                 }
             }
         }
