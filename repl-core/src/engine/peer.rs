@@ -148,6 +148,9 @@ pub(super) struct Peer {
     /// Epochs whose flush is running: `(epoch, writes)`, acked when it completes.
     pub acking: Vec<(u32, u32)>,
     pub resync: Option<Resync>,
+    /// Reads the peer asked for (`P_DATA_REQUEST`) that wait for an overlapping write to
+    /// finish here, so that they return its data.
+    pub deferred_reads: Vec<(u64, Sector, u32)>,
     /// The bitmap count in our last `P_UUIDS`: both sides judge leftover bits from the same
     /// two numbers.
     pub sent_bits: u64,
@@ -296,6 +299,7 @@ impl Engine {
             acking: Vec::new(),
             resync: None,
             sent_bits: 0,
+            deferred_reads: Vec::new(),
         });
         self.force_state(|s| s.conn = ConnState::WFReportParams);
         let backing = if self.state.disk > DiskState::Diskless {
@@ -1002,12 +1006,15 @@ impl Engine {
     }
 
     fn on_ack(&mut self, kind: AckKind, id: u64, sector: Sector, len: u32) {
-        let req = ReqId(id);
-        let Some(p) = self.requests.get_mut(&req) else {
+        if id >= super::resync::RS_ID_BASE {
             if kind == AckKind::RsWrite {
                 // An ack for resync data we sent as source.
                 self.rs_write_acked(sector, len);
             }
+            return;
+        }
+        let req = ReqId(id);
+        let Some(p) = self.requests.get_mut(&req) else {
             return;
         };
         match kind {
@@ -1435,7 +1442,7 @@ impl Engine {
         self.maybe_finish_down();
     }
 
-    fn on_data_request(&mut self, id: u64, sector: Sector, len: u32) {
+    pub(super) fn on_data_request(&mut self, id: u64, sector: Sector, len: u32) {
         let offset = sector.bytes();
         let in_range = offset
             .checked_add(u64::from(len))
@@ -1455,6 +1462,12 @@ impl Engine {
             || (self.state.disk > DiskState::Failed && !self.bitmap.any(first..end));
         if !good {
             self.send(Packet::NegDataReply { id, sector, len });
+            return;
+        }
+        if self.local_write_unfinished_over(offset, u64::from(len)) {
+            if let Some(p) = self.peer.as_mut() {
+                p.deferred_reads.push((id, sector, len));
+            }
             return;
         }
         self.op(

@@ -27,6 +27,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 const MAX_RUN_BITS: u64 = 256;
 /// Resync requests in flight at most.
 const MAX_IN_FLIGHT: usize = 32;
+/// Resync request ids start here, apart from request ids: `P_RS_WRITE_ACK` acks both resync
+/// data (DRBD's `ID_SYNCER`) and application writes made during a resync.
+pub(super) const RS_ID_BASE: u64 = 1 << 63;
 /// Progress marks for the recent speed (`DRBD_SYNC_MARK_STEP`, `DRBD_SYNC_MARKS`).
 const MARK_STEP: Duration = Duration::from_secs(3);
 const MARKS: usize = 8;
@@ -101,7 +104,7 @@ impl Engine {
                 synced_bits: 0,
                 pos: 0,
                 inflight: HashMap::new(),
-                next_id: 0,
+                next_id: RS_ID_BASE,
                 credit: rate_kib * 1024 / 10,
                 rate_kib,
                 failed_bits: 0,
@@ -247,22 +250,29 @@ impl Engine {
         );
     }
 
-    /// Reads the deferred resync requests that no unfinished local write overlaps any more.
+    /// Reads the deferred resync and peer read requests that no unfinished write overlaps
+    /// any more.
     pub(super) fn retry_deferred_rs_reads(&mut self) {
-        let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
+        let Some(peer) = self.peer.as_mut() else {
             return;
         };
-        if r.deferred.is_empty() {
-            return;
+        let reads = std::mem::take(&mut peer.deferred_reads);
+        let rs = peer
+            .resync
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.deferred))
+            .unwrap_or_default();
+        for (id, sector, len) in reads {
+            self.on_data_request(id, sector, len);
         }
-        for (id, sector, len) in std::mem::take(&mut r.deferred) {
+        for (id, sector, len) in rs {
             self.on_rs_request(id, sector, len);
         }
     }
 
     /// Whether a write that went to the disk (or a mirrored write from the peer, which came
     /// before the request on the same stream) has not finished there and overlaps.
-    fn local_write_unfinished_over(&self, offset: u64, len: u64) -> bool {
+    pub(super) fn local_write_unfinished_over(&self, offset: u64, len: u64) -> bool {
         self.requests.values().any(|p| {
             p.issued
                 && p.local.is_none()
