@@ -280,6 +280,9 @@ pub(crate) struct Conn {
     /// The incarnation of each node when it last sent `P_UUIDS` on this connection: a
     /// handshake decided on what a since-crashed node sent leads nowhere.
     pub uuids_inc: [Option<u64>; 2],
+    /// A node lost its disk to an error on this connection: a diskless peer acks barriers
+    /// without holding the data.
+    pub detached: [bool; 2],
 }
 
 /// Where the run is.
@@ -809,9 +812,11 @@ impl Sim {
             (Op::Read { .. }, Err(_)) => self.count("reads failed"),
             (Op::Flush, Ok(_)) => {
                 self.count("flushes acked");
-                let peer = r
-                    .flush_peer
-                    .filter(|g| self.link_up_on(i, *g) && self.peer_unchanged(i, &r));
+                let peer = r.flush_peer.filter(|g| {
+                    self.link_up_on(i, *g)
+                        && self.peer_unchanged(i, &r)
+                        && !self.conn.detached[1 - i]
+                });
                 self.model.flush_done(i, r.mark, local, peer);
             }
             (Op::Write { offset, len, fua }, Ok(_)) | (Op::Zeroes { offset, len, fua }, Ok(_)) => {
@@ -916,7 +921,8 @@ impl Sim {
                 fua,
                 local,
                 peer_has,
-                mirrored: r.mirrored,
+                // A write the peer refused (`P_NEG_ACK`) is not on the peer.
+                mirrored: if r.neg { None } else { r.mirrored },
                 diverges: r.mirrored.is_none() && good,
             },
             concurrent,
@@ -950,6 +956,7 @@ impl Sim {
             }
             Event::Handler(h) => self.note(format!("{name} handler {}", h.name())),
             Event::Detached => {
+                self.conn.detached[i] = true;
                 self.count("disks detached");
                 self.note(format!("{name} detached its disk"));
             }

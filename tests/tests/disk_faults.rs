@@ -234,9 +234,6 @@ fn primary_disk_full(then: Then) {
 
 /// `on-io-error call-local-io-error`: like `detach`, and the `local-io-error` handler runs.
 #[test]
-#[ignore = "engine bug: OnIoError::CallLocalIoError runs the handler but keeps the failed disk \
-            attached and UpToDate (repl-core engine/peer.rs local_io_error), so reads of the \
-            blocks whose write failed return stale data; the reference detaches it"]
 fn call_local_io_error_runs_the_handler_and_detaches() {
     if !prerequisites(&[QEMU]) {
         return;
@@ -456,10 +453,6 @@ fn secondary_block_device_eio_at_flush_detaches_and_the_primary_keeps_every_writ
 /// The same, then the store works again and the Secondary rejoins: the writes whose
 /// writeback failed must be resynced too.
 #[test]
-#[ignore = "engine bug: a Secondary whose epoch flush failed detaches but still sends the \
-            P_BARRIER_ACK (repl-core engine/peer.rs peer_flush_done), so the Primary forgets \
-            those writes as done: they are in no bitmap and the resync after the Secondary \
-            rejoins leaves them out (the disks differ at 2 MiB, 256 blocks)"]
 fn secondary_block_device_eio_then_rejoins_as_a_sync_target() {
     secondary_block_device_eio(Then::Rejoin);
 }
@@ -521,9 +514,9 @@ fn secondary_block_device_eio(then: Then) {
 /// Inconsistent with the failed blocks out of sync, and the request succeeds through the
 /// peer; reads of those blocks come from the peer.
 #[test]
-#[ignore = "engine bug: OnIoError::PassOn ignores the error (repl-core engine/peer.rs \
-            local_io_error): the disk stays UpToDate and reads of the failed blocks return \
-            what the local disk holds, not the acknowledged data"]
+#[ignore = "open: with on-io-error pass_on the disk becomes Inconsistent and the failed blocks \
+            resync from the peer, but the disk is still full, so the resync's writes fail \
+            again and the FLUSH that follows reports an error to qemu-io"]
 fn pass_on_makes_the_disk_inconsistent_and_reads_come_from_the_peer() {
     if !prerequisites(&[QEMU]) {
         return;

@@ -754,6 +754,11 @@ impl Engine {
         };
         let is_read = matches!(p.request, Request::Read { .. });
         if result == DiskResult::Failed {
+            if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
+                // Out of sync now, before `on-io-error` looks at the disk (pass_on resyncs
+                // exactly these blocks).
+                let _ = self.bitmap.set_bytes(offset, len);
+            }
             self.local_io_error(&format!("request {}", req.0));
             if is_read && self.read_from_peer(req) {
                 // DRBD retries a failed local read on the peer.
