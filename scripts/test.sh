@@ -46,6 +46,20 @@ set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log
 rc=${PIPESTATUS[0]}
 set -e
+# The seeded simulation of two nodes under faults (repl-sim): thousands of seeds per fault
+# level with the release binary; TANDEM_SIM_SEEDS sets how many per level (0 skips).
+sim_seeds=${TANDEM_SIM_SEEDS:-2000}
+sim_rc=0
+if [ "$sim_seeds" -gt 0 ]; then
+  echo "== repl-sim: $sim_seeds seeds per fault level, 1000 steps each"
+  cargo build --release -p repl-sim --quiet
+  for level in none light heavy; do
+    target/release/repl-sim --seeds "0..$sim_seeds" --faults "$level" --steps 1000 \
+      >"target/sim-$level.log" 2>&1 || sim_rc=1
+    grep -E '^(=== seed|summary:)' "target/sim-$level.log" || true
+  done
+  [ "$sim_rc" -eq 0 ] || echo "repl-sim found violations: see target/sim-*.log"
+fi
 # Every fuzz target briefly (cargo-fuzz, AddressSanitizer); TANDEM_FUZZ_SECONDS=0 skips it.
 fuzz_secs=${TANDEM_FUZZ_SECONDS:-15}
 fuzz_rc=0
@@ -61,4 +75,4 @@ fi
 passed=$(grep -Eo '[0-9]+ passed' target/test.log | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test.log | awk '{s+=$1} END {print s+0}')
 echo "tandem: $passed passed, $failed failed"
-[ "$rc" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$fuzz_rc" -eq 0 ]
+[ "$rc" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$fuzz_rc" -eq 0 ] && [ "$sim_rc" -eq 0 ]
