@@ -82,9 +82,14 @@ pub enum Op {
     Outdate {
         resource: String,
     },
-    /// Connect to the peer (after `disconnect`).
+    /// Connect to the peer (after `disconnect`). `discard_my_data` (`connect
+    /// --discard-my-data`) holds for the next connection only: if its handshake finds a split
+    /// brain, this node becomes the SyncTarget and its changes since the split are lost.
     Connect {
         resource: String,
+        /// Absent in requests of clients that predate it.
+        #[serde(default)]
+        discard_my_data: bool,
     },
     /// Drop the peer link and stay StandAlone.
     Disconnect {
@@ -514,6 +519,31 @@ mod tests {
         }
         let line = encode_response(Ok(Reply::Done));
         assert!(matches!(decode_response(&line).unwrap(), Ok(Reply::Done)));
+    }
+
+    #[test]
+    fn connect_without_discard_my_data_still_decodes() {
+        let line = r#"{"version":1,"op":{"op":"connect","resource":"r0"}}"#;
+        assert_eq!(
+            decode_request(line).unwrap().op,
+            Op::Connect {
+                resource: "r0".into(),
+                discard_my_data: false
+            }
+        );
+        let req = Request {
+            version: VERSION,
+            op: Op::Connect {
+                resource: "r0".into(),
+                discard_my_data: true,
+            },
+        };
+        let line = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            line,
+            r#"{"version":1,"op":{"op":"connect","resource":"r0","discard_my_data":true}}"#
+        );
+        assert_eq!(decode_request(&line).unwrap(), req);
     }
 
     #[test]

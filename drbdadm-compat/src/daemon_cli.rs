@@ -72,7 +72,8 @@ pub struct DaemonOptions {
     /// `-d`: print the drbdsetup and drbdmeta lines drbdadm would run, change nothing.
     pub dry_run: bool,
     /// The backend options as given (`--force`, `--overwrite-data-of-peer`,
-    /// `--clear-bitmap`), which drbdadm appends to the drbdsetup command line.
+    /// `--clear-bitmap`, `--discard-my-data`), which drbdadm appends to the drbdsetup command
+    /// line.
     pub setup_options: Vec<String>,
     /// `wait-connect` timeouts from the command line.
     pub wait: WaitOptions,
@@ -81,6 +82,46 @@ pub struct DaemonOptions {
     /// This node's name as given (`--node`), passed on to a daemon that `up` starts.
     pub node: Option<String>,
 }
+
+impl DaemonOptions {
+    /// Whether `connect` (or `adjust`'s connect step) is to discard this node's data in a
+    /// split brain: `--discard-my-data` among the backend options.
+    ///
+    /// # Errors
+    /// See [`discard_my_data`].
+    pub fn discard_my_data(&self) -> Result<bool, String> {
+        discard_my_data(&self.setup_options)
+    }
+}
+
+/// `--discard-my-data` (`=yes`) or `--discard-my-data=no` among backend options; the last one
+/// counts, as with drbdsetup.
+///
+/// # Errors
+/// Another value than `yes` or `no`.
+pub fn discard_my_data(setup: &[String]) -> Result<bool, String> {
+    let mut on = false;
+    for w in setup {
+        let value = match w.split_once('=') {
+            Some(("--discard-my-data", v)) => v,
+            None if w == "--discard-my-data" => "yes",
+            _ => continue,
+        };
+        on = match value {
+            "yes" => true,
+            "no" => false,
+            other => {
+                return Err(format!(
+                    "discard-my-data => '{other}' is not a yes/no value (expected yes or no)"
+                ))
+            }
+        };
+    }
+    Ok(on)
+}
+
+/// drbdsetup's exit code for a command line it cannot parse.
+const E_SYNTAX: i32 = 20;
 
 /// One resource the command names, on this node.
 #[derive(Debug, Clone)]
@@ -133,6 +174,7 @@ pub fn run(inv: &Invocation, env: &NodeEnv, opts: &DaemonOptions) -> Outcome {
         return adjust(&client, &config_path, &targets, opts);
     }
     if opts.dry_run {
+        // As drbdadm, the options are passed on as given: drbdsetup judges them.
         let lines = dry_run(cmd, &targets, &opts.setup_options);
         out.stdout = lines
             .iter()
@@ -140,6 +182,13 @@ pub fn run(inv: &Invocation, env: &NodeEnv, opts: &DaemonOptions) -> Outcome {
             .collect::<String>();
         return out;
     }
+    let discard = match cmd {
+        "connect" => match opts.discard_my_data() {
+            Ok(d) => d,
+            Err(e) => return failure(out, &e, E_SYNTAX),
+        },
+        _ => false,
+    };
     if cmd == "up" {
         let program = opts.daemon.clone().unwrap_or_else(default_daemon_program);
         if let Err(e) = client.ensure_daemon(&program, opts.node.as_deref()) {
@@ -182,7 +231,7 @@ pub fn run(inv: &Invocation, env: &NodeEnv, opts: &DaemonOptions) -> Outcome {
                     limit,
                 )
             }
-            _ => (simple_op(cmd, name, opts), Some(DEFAULT_TIMEOUT)),
+            _ => (simple_op(cmd, name, opts, discard), Some(DEFAULT_TIMEOUT)),
         };
         if let Err(e) = client.call_within(op, limit) {
             let code = report(&mut out, &e, failed_step(cmd, t, &opts.setup_options));
@@ -194,8 +243,9 @@ pub fn run(inv: &Invocation, env: &NodeEnv, opts: &DaemonOptions) -> Outcome {
     out
 }
 
-/// The request of a command that takes only the resource name.
-fn simple_op(cmd: &str, resource: String, opts: &DaemonOptions) -> Op {
+/// The request of a command that takes only the resource name (and `connect`'s
+/// `--discard-my-data`).
+fn simple_op(cmd: &str, resource: String, opts: &DaemonOptions, discard_my_data: bool) -> Op {
     match cmd {
         "down" => Op::Down { resource },
         "detach" => Op::Detach { resource },
@@ -208,7 +258,10 @@ fn simple_op(cmd: &str, resource: String, opts: &DaemonOptions) -> Op {
             resource,
             clear_bitmap: opts.clear_bitmap,
         },
-        "connect" => Op::Connect { resource },
+        "connect" => Op::Connect {
+            resource,
+            discard_my_data,
+        },
         "disconnect" => Op::Disconnect { resource },
         "invalidate" => Op::Invalidate { resource },
         _ => Op::Outdate { resource },
@@ -371,6 +424,14 @@ fn adjust(
             .collect();
         return out;
     }
+    let discard_my_data = if plan.iter().any(|(_, steps)| steps.contains(&Step::Connect)) {
+        match opts.discard_my_data() {
+            Ok(d) => d,
+            Err(e) => return failure(out, &e, E_SYNTAX),
+        }
+    } else {
+        false
+    };
     if plan.iter().any(|(_, steps)| steps.contains(&Step::Up)) {
         let program = opts.daemon.clone().unwrap_or_else(default_daemon_program);
         if let Err(e) = client.ensure_daemon(&program, opts.node.as_deref()) {
@@ -397,6 +458,7 @@ fn adjust(
                 Step::Connect => (
                     Op::Connect {
                         resource: t.name.clone(),
+                        discard_my_data,
                     },
                     "connect",
                 ),
@@ -661,7 +723,8 @@ fn config_file(inv: &Invocation) -> PathBuf {
 /// as drbdsetup takes them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backend {
-    /// `--force`, `--overwrite-data-of-peer`, `--clear-bitmap`, in the order given, once each.
+    /// `--force`, `--overwrite-data-of-peer`, `--clear-bitmap`, `--discard-my-data[=yes|no]`,
+    /// in the order given, once each.
     pub setup: Vec<String>,
     /// `--json`.
     pub json: bool,
@@ -672,9 +735,9 @@ pub struct Backend {
 pub const WFC_TIMEOUT_MAX: u32 = 300_000;
 
 /// Takes the backend options out of the command words: `--force`, `--overwrite-data-of-peer`,
-/// `--clear-bitmap`, `--json`, and `wait-connect`'s `--wfc-timeout N` (also `-t N`,
-/// `--wfc-timeout=N`), `--degr-wfc-timeout N`, `--outdated-wfc-timeout N`,
-/// `--wait-after-sb[=yes|no]`.
+/// `--clear-bitmap`, `--discard-my-data[=yes|no]`, `--json`, and `wait-connect`'s
+/// `--wfc-timeout N` (also `-t N`, `--wfc-timeout=N`), `--degr-wfc-timeout N`,
+/// `--outdated-wfc-timeout N`, `--wait-after-sb[=yes|no]`.
 ///
 /// # Errors
 /// A timeout without a number or out of drbdsetup's range, with drbdsetup's wording.
@@ -713,7 +776,7 @@ pub fn split_backend_options(words: Vec<String>) -> Result<(Vec<String>, Backend
                 b.wait.wait_after_sb = Some(inline.as_deref().is_none_or(|v| v == "yes"));
             }
             "--json" => b.json = true,
-            "--force" | "--overwrite-data-of-peer" | "--clear-bitmap" => {
+            "--force" | "--overwrite-data-of-peer" | "--clear-bitmap" | "--discard-my-data" => {
                 if !b.setup.contains(&w) {
                     b.setup.push(w);
                 }
@@ -810,5 +873,26 @@ mod tests {
         );
         assert!(split_backend_options(w(&["wait-connect", "-t"])).is_err());
         assert!(split_backend_options(w(&["-t", "soon"])).is_err());
+    }
+
+    #[test]
+    fn discard_my_data_is_a_backend_option_the_last_value_counts() {
+        let (rest, b) = split_backend_options(w(&["--discard-my-data", "connect", "r0"])).unwrap();
+        assert_eq!(rest, w(&["connect", "r0"]));
+        assert_eq!(b.setup, w(&["--discard-my-data"]));
+        assert_eq!(discard_my_data(&b.setup), Ok(true));
+        let (_, b) = split_backend_options(w(&["connect", "--discard-my-data=no", "r0"])).unwrap();
+        assert_eq!(b.setup, w(&["--discard-my-data=no"]));
+        assert_eq!(discard_my_data(&b.setup), Ok(false));
+        assert_eq!(
+            discard_my_data(&w(&["--discard-my-data", "--discard-my-data=no"])),
+            Ok(false)
+        );
+        assert_eq!(
+            discard_my_data(&w(&["--force", "--discard-my-data=yes"])),
+            Ok(true)
+        );
+        assert_eq!(discard_my_data(&w(&["--force"])), Ok(false));
+        assert!(discard_my_data(&w(&["--discard-my-data=maybe"])).is_err());
     }
 }

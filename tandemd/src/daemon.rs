@@ -185,7 +185,10 @@ impl Daemon {
                     .await
             }
             Op::Outdate { resource } => self.command(&resource, Command::Outdate).await,
-            Op::Connect { resource } => self.command(&resource, Command::Connect).await,
+            Op::Connect {
+                resource,
+                discard_my_data,
+            } => self.connect(&resource, discard_my_data).await,
             Op::Disconnect { resource } => self.command(&resource, Command::Disconnect).await,
             Op::Invalidate { resource } => self.command(&resource, Command::Invalidate).await,
             Op::Detach { resource } => self.detach(&resource).await.map(|()| Reply::Done),
@@ -238,6 +241,21 @@ impl Daemon {
             h.shared.wait_closed(CLOSE_GRACE).await;
         }
         self.send(&h, cmd).await.map(|()| Reply::Done)
+    }
+
+    /// `connect`, with `--discard-my-data` for the next connection only.
+    async fn connect(&self, res: &str, discard_my_data: bool) -> Result<Reply, ControlError> {
+        let h = self.handle_of(res)?;
+        let (reply, rx) = oneshot::channel();
+        let gone = || not_up(&h.shared.name);
+        h.control
+            .send(Control::Connect {
+                discard_my_data,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?.map(|()| Reply::Done)
     }
 
     /// Like `drbdsetup down`, a resource that is not up is already down.

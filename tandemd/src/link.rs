@@ -2,6 +2,10 @@
 //! handshake of [`repl_core::link`], framing with [`repl_core::wire::codec`], keep-alive pings,
 //! and reconnecting every `connect-int` while the engine wants a link.
 //!
+//! `connect --discard-my-data` holds for one connection: the flag goes into the `P_PROTOCOL` of
+//! the next handshake that succeeds, is reported with [`LinkEvent::Up`], and is cleared, so a
+//! reconnect after that connection is lost does not carry it again.
+//!
 //! One side connects, the other accepts: the node whose name sorts last listens on its own
 //! `address` (it also breaks ties in the handshake, see [`repl_core::link::PeerInfo`]), the
 //! other connects to it. The resource task owns the engine; this task only moves packets.
@@ -48,6 +52,9 @@ pub enum LinkEvent {
         conn: u64,
         peer: PeerInfo,
         tx: mpsc::UnboundedSender<Packet>,
+        /// This side's handshake carried `--discard-my-data` (the engine's
+        /// `LinkParams::discard_my_data` for this connection).
+        discard_my_data: bool,
     },
     Packet {
         conn: u64,
@@ -64,8 +71,9 @@ pub enum LinkEvent {
 pub enum LinkControl {
     /// Close the current connection (after what was queued); reconnect only if asked.
     Close { reconnect: bool },
-    /// (Re)connect after a close without reconnect.
-    Connect,
+    /// (Re)connect after a close without reconnect; `discard_my_data` for the next
+    /// connection only (it replaces what an earlier `Connect` asked for).
+    Connect { discard_my_data: bool },
     /// Stop for good.
     Stop,
 }
@@ -90,7 +98,7 @@ enum Ended {
 }
 
 async fn run(
-    spec: LinkSpec,
+    mut spec: LinkSpec,
     events: mpsc::UnboundedSender<LinkEvent>,
     mut ctl: mpsc::UnboundedReceiver<LinkControl>,
 ) {
@@ -111,7 +119,10 @@ async fn run(
     loop {
         if paused {
             match ctl.recv().await {
-                Some(LinkControl::Connect) => paused = false,
+                Some(LinkControl::Connect { discard_my_data }) => {
+                    spec.config.discard_my_data = discard_my_data;
+                    paused = false;
+                }
                 Some(LinkControl::Close { .. }) => continue,
                 Some(LinkControl::Stop) | None => return,
             }
@@ -120,7 +131,11 @@ async fn run(
             s = establish(&spec, listener.as_ref()) => s,
             c = ctl.recv() => match c {
                 Some(LinkControl::Close { reconnect: false }) => { paused = true; continue; }
-                Some(LinkControl::Close { .. }) | Some(LinkControl::Connect) => continue,
+                Some(LinkControl::Connect { discard_my_data }) => {
+                    spec.config.discard_my_data = discard_my_data;
+                    continue;
+                }
+                Some(LinkControl::Close { .. }) => continue,
                 Some(LinkControl::Stop) | None => return,
             },
         };
@@ -133,7 +148,14 @@ async fn run(
             "{resource}: Handshake successful: Agreed network protocol version {}",
             peer.version
         );
-        let ended = serve(&spec, conn, stream, peer, rest, &events, &mut ctl).await;
+        // Used up by this connection (DRBD clears it once the handshake is under way).
+        let discard_my_data = std::mem::take(&mut spec.config.discard_my_data);
+        let up = Up {
+            conn,
+            peer,
+            discard_my_data,
+        };
+        let ended = serve(&spec, up, stream, rest, &events, &mut ctl).await;
         let reason = match &ended {
             Ended::Reconnect(r) | Ended::Pause(r) => r.clone(),
             Ended::Stop => "stopped".into(),
@@ -146,7 +168,10 @@ async fn run(
                     c = ctl.recv() => match c {
                         Some(LinkControl::Stop) | None => return,
                         Some(LinkControl::Close { reconnect: false }) => paused = true,
-                        _ => {}
+                        Some(LinkControl::Connect { discard_my_data }) => {
+                            spec.config.discard_my_data = discard_my_data;
+                        }
+                        Some(LinkControl::Close { reconnect: true }) => {}
                     },
                 }
             }
@@ -261,16 +286,23 @@ async fn write_packets(stream: &mut TcpStream, packets: Vec<Packet>) -> std::io:
     stream.flush().await
 }
 
+/// A connection whose handshake finished, as [`LinkEvent::Up`] will report it.
+struct Up {
+    conn: u64,
+    peer: PeerInfo,
+    discard_my_data: bool,
+}
+
 /// Moves packets until the connection ends.
 async fn serve(
     spec: &LinkSpec,
-    conn: u64,
+    up: Up,
     stream: TcpStream,
-    peer: PeerInfo,
     rest: BytesMut,
     events: &mpsc::UnboundedSender<LinkEvent>,
     ctl: &mut mpsc::UnboundedReceiver<LinkControl>,
 ) -> Ended {
+    let conn = up.conn;
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<Packet>();
     let (wdone_tx, mut wdone) = mpsc::channel::<String>(1);
@@ -278,8 +310,9 @@ async fn serve(
     if events
         .send(LinkEvent::Up {
             conn,
-            peer,
+            peer: up.peer,
             tx: tx.clone(),
+            discard_my_data: up.discard_my_data,
         })
         .is_err()
     {
@@ -364,7 +397,9 @@ async fn read_loop(
                 Some(LinkControl::Close { reconnect: false }) => {
                     return Ended::Pause("disconnected".into())
                 }
-                Some(LinkControl::Connect) => {}
+                // Already connected (the resource asks for a connection only from StandAlone,
+                // after a `Close { reconnect: false }`, so no flag is lost here).
+                Some(LinkControl::Connect { .. }) => {}
                 Some(LinkControl::Stop) | None => return Ended::Stop,
             },
             Some(e) = wdone.recv() => return Ended::Reconnect(e),

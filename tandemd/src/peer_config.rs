@@ -55,6 +55,7 @@ pub fn peer_setup(
         protocol,
         two_primaries: net.allow_two_primaries,
         integrity,
+        // Not a config option: `connect --discard-my-data` sets it for one connection.
         discard_my_data: false,
         secret,
     };

@@ -156,6 +156,11 @@ pub enum Control {
         shutdown: bool,
         reply: oneshot::Sender<Result<(), ControlError>>,
     },
+    /// `connect`, with `--discard-my-data` for the next connection only.
+    Connect {
+        discard_my_data: bool,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
     Status {
         reply: oneshot::Sender<Status>,
     },
@@ -302,6 +307,10 @@ pub struct Task {
     detached: Option<NodeState>,
     /// Connect once the attach is durable (false after the operator's `disconnect`).
     autoconnect: bool,
+    /// `connect --discard-my-data` was given and no connection has used it yet: it goes to
+    /// the link task with the connect (or when the task starts), and the flag the handshake
+    /// actually carried comes back with the link's `Up`, which clears it.
+    discard_my_data: bool,
     /// The current engine was attached to a Diskless resource: if its metadata write fails,
     /// the resource goes back to Diskless.
     reattached: bool,
@@ -370,6 +379,7 @@ pub fn spawn(
         detach_waiters: Vec::new(),
         detached: None,
         autoconnect: true,
+        discard_my_data: false,
         reattached: false,
     };
     shared.publish_state(Some(task.engine.state()));
@@ -478,6 +488,17 @@ impl Task {
                         let r = self.diskless_command(cmd);
                         let _ = reply.send(r);
                     }
+                    Control::Connect { discard_my_data, reply } => {
+                        // Diskless and StandAlone, a connect is refused anyway; otherwise it is
+                        // a no-op, which `--discard-my-data` may not be (see `Task::connect`).
+                        let conn = self.detached.unwrap_or(NodeState::DOWN).conn;
+                        let r = if discard_my_data && conn != ConnState::StandAlone {
+                            Err(self.net_configured())
+                        } else {
+                            self.diskless_command(Command::Connect)
+                        };
+                        let _ = reply.send(r);
+                    }
                 },
                 Some(r) = io.recv() => {
                     let _ = r.reply.send(Err(submit_error(SubmitError::NotPrimary)));
@@ -528,6 +549,7 @@ impl Task {
                     });
                 }
                 self.autoconnect = false;
+                self.discard_my_data = false;
                 Ok(())
             }
             Command::Connect => {
@@ -714,9 +736,10 @@ impl Task {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        let Some(spec) = link.spec.take() else {
+        let Some(mut spec) = link.spec.take() else {
             return;
         };
+        spec.config.discard_my_data = self.discard_my_data;
         info!(
             "{prefix}: {} {} -> {} ({})",
             if spec.accepts() {
@@ -737,7 +760,14 @@ impl Task {
             return;
         };
         match ev {
-            LinkEvent::Up { conn, peer, tx } => {
+            LinkEvent::Up {
+                conn,
+                peer,
+                tx,
+                discard_my_data,
+            } => {
+                // The link task has used the flag up, whatever happens to this connection.
+                self.discard_my_data = false;
                 if !self.engine.wants_link() {
                     if let Some(ctl) = &link.ctl {
                         let _ = ctl.send(LinkControl::Close { reconnect: false });
@@ -745,8 +775,14 @@ impl Task {
                     return;
                 }
                 info!(
-                    "{prefix}: connected to {} (protocol {:?})",
-                    peer.node, peer.protocol
+                    "{prefix}: connected to {} (protocol {:?}){}",
+                    peer.node,
+                    peer.protocol,
+                    if discard_my_data {
+                        ", discarding my data if there is a split brain"
+                    } else {
+                        ""
+                    }
                 );
                 link.conn = conn;
                 link.tx = Some(tx);
@@ -754,7 +790,7 @@ impl Task {
                     protocol: peer.protocol,
                     integrity: peer.integrity,
                     resolve_conflicts: peer.resolve_conflicts,
-                    discard_my_data: false,
+                    discard_my_data,
                 });
             }
             LinkEvent::Packet { conn, packet } => {
@@ -785,6 +821,13 @@ impl Task {
                 let _ = reply.send(self.engine.status());
             }
             Control::Detach { force, reply } => self.detach(force, reply),
+            Control::Connect {
+                discard_my_data,
+                reply,
+            } => {
+                let r = self.connect(discard_my_data);
+                let _ = reply.send(r);
+            }
             Control::Attach { reply, .. } => {
                 // Only a Diskless resource takes a new disk.
                 let r = if self.engine.state().disk > DiskState::Diskless {
@@ -840,7 +883,9 @@ impl Task {
             self.autoconnect = true;
             match self.link.as_ref().and_then(|l| l.ctl.as_ref()) {
                 Some(ctl) => {
-                    let _ = ctl.send(LinkControl::Connect);
+                    let _ = ctl.send(LinkControl::Connect {
+                        discard_my_data: self.discard_my_data,
+                    });
                 }
                 // Attached while StandAlone: the link task starts now.
                 None => self.spawn_link(),
@@ -848,8 +893,48 @@ impl Task {
         }
         if cmd == Command::Disconnect && r.is_ok() {
             self.autoconnect = false;
+            // DRBD's `disconnect` drops the net options, the flag with them.
+            self.discard_my_data = false;
         }
         r
+    }
+
+    /// `connect`, `--discard-my-data` for the next connection only. DRBD refuses a `connect`
+    /// that is not StandAlone; tandemd takes a plain one as a no-op that leaves the flag as it
+    /// is, and refuses `--discard-my-data`, so the flag is set only where a connection starts
+    /// and never waits unnoticed for some later reconnect.
+    fn connect(&mut self, discard_my_data: bool) -> Result<(), ControlError> {
+        let standalone = self.engine.state().conn == ConnState::StandAlone;
+        if discard_my_data && !standalone {
+            let e = self.net_configured();
+            warn!("{}: connect --discard-my-data: {e}", self.prefix());
+            return Err(e);
+        }
+        let before = self.discard_my_data;
+        if standalone {
+            self.discard_my_data = discard_my_data;
+        }
+        let r = self.command(Command::Connect, false);
+        if r.is_err() {
+            self.discard_my_data = before;
+        } else if discard_my_data {
+            info!(
+                "{}: discard-my-data: the next connection discards this node's data if it finds a split brain",
+                self.prefix()
+            );
+        }
+        r.map_err(|e| self.refusal(e))
+    }
+
+    /// DRBD's refusal of a `connect` on a resource that is not StandAlone.
+    fn net_configured(&self) -> ControlError {
+        ControlError::new(
+            10,
+            format!(
+                "{}: Failure: (102) Device has a net-config (use disconnect first)",
+                self.shared.name
+            ),
+        )
     }
 
     fn refusal(&self, e: CommandError) -> ControlError {

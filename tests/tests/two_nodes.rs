@@ -1,6 +1,7 @@
 //! Two daemons on loopback (127.0.0.1 and 127.0.0.2), driven through the real `drbdadm`:
 //! DRBD's first-sync and skip-sync workflows, a reconnect that resyncs only what changed, the
-//! Primary killed during a verified fio job, a wrong shared secret, a peer that is too small.
+//! Primary killed during a verified fio job, a wrong shared secret, a peer that is too small, a
+//! split brain recovered by hand with `connect --discard-my-data`.
 
 use std::process::Command;
 
@@ -393,4 +394,144 @@ fn split_brain_is_detected_and_the_handler_runs() {
     }
     // Nothing was merged: each node kept its own write.
     assert!(!c.data_identical(DATA));
+}
+
+/// How often this node's engine dropped a connection over a split brain it could not resolve.
+fn unresolved_split_brains(n: &tandem_tests::cluster::ClusterNode) -> usize {
+    n.log()
+        .matches("Split-Brain detected but unresolved, dropping connection!")
+        .count()
+}
+
+/// How often this node took the peer's data over its own because of `--discard-my-data`.
+fn discarded_by_hand(n: &tandem_tests::cluster::ClusterNode) -> usize {
+    n.log()
+        .matches("Split-Brain detected, manually solved. Sync from peer node")
+        .count()
+}
+
+/// `len` bytes of this node's backing file at `offset`.
+fn bytes_at(n: &tandem_tests::cluster::ClusterNode, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    std::fs::File::open(&n.disk)
+        .and_then(|f| f.read_exact_at(&mut b, offset))
+        .expect("read the backing file");
+    b
+}
+
+/// Whether `len` bytes at `offset` all hold `byte`.
+fn filled(n: &tandem_tests::cluster::ClusterNode, offset: u64, len: usize, byte: u8) -> bool {
+    bytes_at(n, offset, len).iter().all(|&b| b == byte)
+}
+
+/// DRBD's manual split-brain recovery: on the victim `disconnect`, `secondary`,
+/// `connect --discard-my-data`, on the survivor `connect`; the victim becomes SyncTarget and its
+/// changes since the split are gone. The flag holds for one connection: a later split brain
+/// reached by the link's own reconnect, or by a plain `connect`, is not resolved by it again.
+#[test]
+fn split_brain_recovered_by_hand_with_discard_my_data() {
+    if !require("qemu-io", "qemu-utils") {
+        return;
+    }
+    const K64: usize = 64 << 10;
+    let c = Cluster::new(ClusterOpts::default());
+    c.up();
+    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
+    let (survivor, victim) = (c.node(0), c.node(1));
+    survivor.ok(&["new-current-uuid", "--clear-bitmap", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+
+    // A split brain, as in `split_brain_is_detected_and_the_handler_runs`; the victim's first
+    // write overlaps the survivor's.
+    for n in &c.nodes {
+        n.ok(&["disconnect", "r0"]);
+    }
+    survivor.ok(&["primary", "r0"]);
+    victim.ok(&["primary", "r0"]);
+    qemu_io(&survivor.uri(), &["w -P 0x11 0 64k", "w -P 0x12 2M 64k"]);
+    qemu_io(&victim.uri(), &["w -P 0x21 32k 64k", "w -P 0x22 5M 64k"]);
+    for n in &c.nodes {
+        n.ok(&["connect", "r0"]);
+    }
+    for n in &c.nodes {
+        n.wait_for("an unresolved split brain", |n| {
+            unresolved_split_brains(n) == 1 && n.query("cstate") == "StandAlone"
+        });
+    }
+    assert!(!c.data_identical(DATA));
+
+    // The recovery, in DRBD 8.4's words.
+    victim.ok(&["disconnect", "r0"]);
+    victim.ok(&["secondary", "r0"]);
+    victim.ok(&["connect", "--discard-my-data", "r0"]);
+    // Only a connection that starts takes the flag.
+    let o = victim.drbdadm(&["connect", "--discard-my-data", "r0"]);
+    assert_eq!(o.status.code(), Some(10));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("r0: Failure: (102) Device has a net-config (use disconnect first)"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    survivor.ok(&["connect", "r0"]);
+    victim.wait_for("the split brain solved by hand", |n| {
+        discarded_by_hand(n) == 1
+    });
+    assert!(
+        survivor
+            .log()
+            .contains("Split-Brain detected, manually solved. Sync from this node"),
+        "{}",
+        survivor.log()
+    );
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    assert!(
+        victim.log().contains("Began resync as SyncTarget"),
+        "{}",
+        victim.log()
+    );
+    assert_eq!(survivor.ok(&["role", "r0"]), "Primary/Secondary\n");
+    assert!(
+        c.data_identical(DATA),
+        "the victim's data area differs from the survivor's: {:?} (first offset, 4 KiB blocks)",
+        c.differences(DATA)
+    );
+    // The survivor's writes are there, the victim's are gone.
+    assert!(filled(victim, 0, K64, 0x11));
+    assert!(filled(victim, 64 << 10, 32 << 10, 0));
+    assert!(filled(victim, 2 * MIB, K64, 0x12));
+    assert!(filled(victim, 5 * MIB, K64, 0));
+
+    // One-shot: the survivor's `disconnect` sends the victim back to WFConnection, and its link
+    // reconnects by itself, with no new `connect` on the victim. A new split brain found on
+    // that reconnect is not resolved by the used-up flag.
+    survivor.ok(&["disconnect", "r0"]);
+    victim.wait_for("WFConnection", |n| n.query("cstate") == "WFConnection");
+    victim.ok(&["primary", "r0"]);
+    qemu_io(&victim.uri(), &["w -P 0x31 7M 64k"]);
+    victim.ok(&["secondary", "r0"]);
+    qemu_io(&survivor.uri(), &["w -P 0x13 9M 64k"]);
+    survivor.ok(&["connect", "r0"]);
+    for n in &c.nodes {
+        n.wait_for("a second unresolved split brain", |n| {
+            unresolved_split_brains(n) == 2 && n.query("cstate") == "StandAlone"
+        });
+    }
+    // A plain `connect` on both does not discard either.
+    for n in &c.nodes {
+        n.ok(&["connect", "r0"]);
+    }
+    for n in &c.nodes {
+        n.wait_for("a third unresolved split brain", |n| {
+            unresolved_split_brains(n) == 3 && n.query("cstate") == "StandAlone"
+        });
+    }
+    assert_eq!(discarded_by_hand(victim), 1, "{}", victim.log());
+    assert_eq!(discarded_by_hand(survivor), 0, "{}", survivor.log());
+    // Each side kept its own write.
+    assert!(filled(victim, 7 * MIB, K64, 0x31));
+    assert!(filled(victim, 9 * MIB, K64, 0));
+    assert!(filled(survivor, 9 * MIB, K64, 0x13));
+    assert!(filled(survivor, 7 * MIB, K64, 0));
 }

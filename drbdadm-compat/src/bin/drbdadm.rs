@@ -29,6 +29,10 @@ struct Args {
     /// `new-current-uuid --clear-bitmap`: skip the initial sync.
     #[arg(long)]
     clear_bitmap: bool,
+    /// `connect --discard-my-data`: should the next connection find a split brain, this node
+    /// becomes the SyncTarget and its changes since the split are discarded.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "", value_name = "yes|no")]
+    discard_my_data: Option<String>,
     /// `--json` output for `status`, `role`, `cstate`, `dstate` and `proc-drbd`.
     #[arg(long)]
     json: bool,
@@ -73,6 +77,17 @@ fn main() -> anyhow::Result<()> {
     }
     if args.clear_bitmap {
         setup.push("--clear-bitmap".to_string());
+    }
+    if let Some(v) = &args.discard_my_data {
+        // Outside `--`, drbdadm takes it for `connect` only.
+        if let Some(cmd) = words.first().filter(|c| *c != "connect") {
+            eprintln!("drbdadm: unrecognized option '--discard-my-data'\ntry 'drbdadm help {cmd}'");
+            std::process::exit(1);
+        }
+        setup.push(match v.as_str() {
+            "" => "--discard-my-data".to_string(),
+            v => format!("--discard-my-data={v}"),
+        });
     }
     for o in backend.setup {
         if !setup.contains(&o) {
