@@ -136,7 +136,14 @@ impl Sim {
     /// Once both sides' bitmaps crossed: every block where the copies differ is set in one of
     /// them (or named by `P_OUT_OF_SYNC`, or under a write in flight).
     pub(crate) fn check_coverage(&mut self) {
+        let gen = self.net.gen;
+        let both_up = self.link_up_on(0, gen) && self.link_up_on(1, gen);
         if self.conn.covered || !(self.alive(0) && self.alive(1)) || self.stale_handshake() {
+            return;
+        }
+        if !both_up {
+            // One side already left this connection; what it wrote since is not this
+            // exchange's business (its own bitmap records it).
             return;
         }
         self.conn.covered = true;

@@ -837,7 +837,7 @@ impl Sim {
 
     /// Whether node `i`'s end of connection `gen` is still established, as the simulator and
     /// the engine (which may have dropped the link on a `P_DISCONNECT`) both see it.
-    fn link_up_on(&self, i: usize, gen: u64) -> bool {
+    pub(crate) fn link_up_on(&self, i: usize, gen: u64) -> bool {
         self.net.gen == gen
             && self.net.sides[i].established().is_some()
             && self

@@ -548,10 +548,11 @@ impl Engine {
         });
         if !syncing && old.pdsk == DiskState::UpToDate && s.disk < DiskState::UpToDate {
             // The peer's copy stopped vouching for its data (a disk error): mirrored writes
-            // it has not confirmed by P_BARRIER_ACK may be missing there.
+            // it acked but has not confirmed by P_BARRIER_ACK may be missing there (those
+            // still waiting for their ack get a P_NEG_ACK).
             let mut failed = Vec::new();
             for (req, p) in &mut self.requests {
-                if p.request.writes() && p.net.is_mirrored() && p.net != Net::Done {
+                if p.request.writes() && p.net == Net::Acked {
                     p.net = Net::Failed;
                     failed.push(*req);
                 }
