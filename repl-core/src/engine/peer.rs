@@ -672,11 +672,15 @@ impl Engine {
             if result == -100 || result == 100 {
                 let mine = params.discard_my_data;
                 let theirs_discard = theirs.flags.contains(UuidFlags::DISCARD_MY_DATA);
+                // A split brain (-100) shares the bitmap UUID: the OR-merged bitmaps cover
+                // both sides' changes, so a bitmap resync is enough; without a common base
+                // (100) everything is copied.
+                let how = if result == -100 { 1 } else { 2 };
                 if mine && !theirs_discard {
-                    result = -2;
+                    result = -how;
                     self.log("Split-Brain detected, manually solved. Sync from peer node".into());
                 } else if theirs_discard && !mine {
-                    result = 2;
+                    result = how;
                     self.log("Split-Brain detected, manually solved. Sync from this node".into());
                 } else {
                     self.log("Split-Brain detected but unresolved, dropping connection!".into());
