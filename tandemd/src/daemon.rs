@@ -392,14 +392,21 @@ impl Daemon {
         let flags = backing.on_disk.superblock.flags;
         let degraded =
             flags.contains(MdFlags::PRIMARY_IND) && !flags.contains(MdFlags::CONNECTED_IND);
-        let engine = repl_core::engine::Engine::attach(cfg, backing.on_disk.clone())
+        // Moved, not cloned: the bitmap bytes of a 1 TiB volume are 32 MiB.
+        let crate::disk::Backing {
+            data,
+            meta,
+            on_disk,
+            size,
+        } = backing;
+        let engine = repl_core::engine::Engine::attach(cfg, on_disk)
             .map_err(|e| ControlError::new(10, format!("{}: {e}", vol.minor)))?;
         Ok(Prepared {
             attachment: Attachment {
                 engine,
-                data: backing.data,
-                meta: backing.meta,
-                size: backing.size,
+                data,
+                meta,
+                size,
                 degraded,
             },
             link: peer.map(|(_, spec)| spec),
