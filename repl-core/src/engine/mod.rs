@@ -848,6 +848,15 @@ impl Engine {
         if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
             if !local_ok || p.net == peer::Net::Failed {
                 let _ = self.bitmap.set_bytes(offset, len);
+                if self.state.conn == ConnState::SyncSource {
+                    // The target's scan may be past these blocks: tell it.
+                    if let Ok(len) = u32::try_from(len) {
+                        self.send(crate::wire::Packet::OutOfSync {
+                            sector: Sector(offset / Sector::SIZE),
+                            len,
+                        });
+                    }
+                }
             }
         }
         if p.al_held {

@@ -546,7 +546,7 @@ impl Engine {
                 ns.pdsk = s.disk;
             }
         });
-        if !syncing && old.pdsk == DiskState::UpToDate && s.disk < DiskState::UpToDate {
+        if !syncing && old.pdsk == DiskState::UpToDate && s.disk <= DiskState::Failed {
             // The peer's copy stopped vouching for its data (a disk error): mirrored writes
             // it acked but has not confirmed by P_BARRIER_ACK may be missing there (those
             // still waiting for their ack get a P_NEG_ACK).

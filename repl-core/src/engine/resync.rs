@@ -265,8 +265,12 @@ impl Engine {
         for (id, sector, len) in reads {
             self.on_data_request(id, sector, len);
         }
+        let any = !rs.is_empty();
         for (id, sector, len) in rs {
             self.on_rs_request(id, sector, len);
+        }
+        if any {
+            self.resync_progress();
         }
     }
 
@@ -480,7 +484,8 @@ impl Engine {
         };
         let left = self.bitmap.count();
         if r.source {
-            if left == 0 {
+            // Deferred requests are answered first: the target waits for them.
+            if left == 0 && r.deferred.is_empty() {
                 self.finish_resync(true);
             }
             return;
