@@ -1,19 +1,23 @@
 //! One thread per backing file that owns an io_uring and runs positional I/O for async callers.
 //!
-//! Callers queue an [`Op`] on a channel and wake the thread through an eventfd that the ring
-//! itself watches, so the thread only ever blocks in `submit_and_wait`. Short transfers are
+//! Callers queue an [`Op`] and wake the thread through an eventfd that the ring itself watches,
+//! so the thread only ever blocks in `submit_and_wait`; the queue, the wake-up and the rules for
+//! stopping are [`handoff`]'s (checked under loom by `tests/loom_ring.rs`). Short transfers are
 //! resubmitted for the remainder; results go back on a oneshot channel.
 
-use std::collections::VecDeque;
+mod handoff;
+
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc as std_mpsc;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 use tokio::sync::oneshot;
+
+use handoff::{Event, Kernel, Submitter, Wake};
 
 /// Ring entries; also the most operations in the kernel at once.
 const RING_ENTRIES: u32 = 256;
@@ -55,8 +59,7 @@ pub struct Op {
 
 /// Handle held by the device; dropping it stops the thread once its work is done.
 pub struct Ring {
-    tx: Option<std_mpsc::Sender<Op>>,
-    wake: Arc<OwnedFd>,
+    tx: Submitter<Op, EventFd>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -73,47 +76,47 @@ impl Ring {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by eventfd and is owned by nothing else.
-        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
-        let (tx, rx) = std_mpsc::channel();
-        let w = wake.clone();
+        let wake = EventFd(unsafe { OwnedFd::from_raw_fd(fd) });
+        let (tx, inbox) = handoff::channel(wake);
+        let mut worker = Worker::new(ring, file);
         let thread = std::thread::Builder::new()
             .name(format!("uring-{name}"))
-            .spawn(move || Worker::new(ring, file, w, rx).run())?;
+            .spawn(move || handoff::run(&mut worker, inbox))?;
         Ok(Ring {
-            tx: Some(tx),
-            wake,
+            tx,
             thread: Some(thread),
         })
     }
 
-    /// Queues an operation and wakes the thread.
+    /// Queues an operation and wakes the thread; fails it if the thread has stopped.
     pub fn submit(&self, op: Op) {
-        let Some(tx) = &self.tx else { return };
-        if let Err(std_mpsc::SendError(op)) = tx.send(op) {
+        if let Err(op) = self.tx.submit(op) {
             let _ = op
                 .done
                 .send(Err(io::Error::other("disk thread has stopped")));
-            return;
         }
-        wake(self.wake.as_raw_fd());
     }
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        self.tx = None;
-        wake(self.wake.as_raw_fd());
+        self.tx.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn wake(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live local to an eventfd we own; failure (counter
-    // overflow) cannot happen with increments of one and is harmless.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+/// The eventfd the ring thread keeps a read armed on.
+struct EventFd(OwnedFd);
+
+impl Wake for EventFd {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local to an eventfd we own; failure (counter
+        // overflow) cannot happen with increments of one and is harmless.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
 }
 
 /// An operation in the kernel, with how far it has progressed.
@@ -125,111 +128,106 @@ struct InFlight {
 struct Worker {
     ring: IoUring,
     file: Arc<File>,
-    wake: Arc<OwnedFd>,
-    rx: std_mpsc::Receiver<Op>,
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
-    backlog: VecDeque<Op>,
+    /// Where the armed eventfd read puts the counter.
     wake_buf: Box<u64>,
-    closed: bool,
 }
 
-impl Worker {
-    fn new(ring: IoUring, file: Arc<File>, wake: Arc<OwnedFd>, rx: std_mpsc::Receiver<Op>) -> Self {
-        Worker {
-            ring,
-            file,
-            wake,
-            rx,
-            slots: Vec::new(),
-            free: Vec::new(),
-            backlog: VecDeque::new(),
-            wake_buf: Box::new(0),
-            closed: false,
-        }
-    }
+impl Kernel for Worker {
+    type Op = Op;
+    type Wake = EventFd;
 
-    fn in_flight(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    fn run(mut self) {
-        if let Err(e) = self.arm_wake() {
-            tracing::error!("io_uring: cannot arm wake-up: {e}");
-            return;
-        }
-        loop {
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                tracing::error!("io_uring submit failed: {e}");
-                self.fail_all(&e);
-                return;
-            }
-            let cqes: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
-            for (ud, res) in cqes {
-                if ud == WAKE {
-                    self.take_new();
-                    if !self.closed {
-                        if let Err(e) = self.arm_wake() {
-                            tracing::error!("io_uring: cannot re-arm wake-up: {e}");
-                        }
-                    }
-                } else {
-                    self.complete(ud as usize, res);
-                }
-            }
-            self.start_backlog();
-            if self.closed && self.in_flight() == 0 && self.backlog.is_empty() {
-                return;
-            }
-        }
-    }
-
-    fn take_new(&mut self) {
-        loop {
-            match self.rx.try_recv() {
-                Ok(op) => self.backlog.push_back(op),
-                Err(std_mpsc::TryRecvError::Empty) => break,
-                Err(std_mpsc::TryRecvError::Disconnected) => {
-                    self.closed = true;
-                    break;
-                }
-            }
-        }
-    }
-
-    fn start_backlog(&mut self) {
-        while self.in_flight() < RING_ENTRIES as usize - 1 {
-            let Some(op) = self.backlog.pop_front() else {
-                break;
-            };
-            let slot = match self.free.pop() {
-                Some(s) => s,
-                None => {
-                    self.slots.push(None);
-                    self.slots.len() - 1
-                }
-            };
-            self.slots[slot] = Some(InFlight { op, done_bytes: 0 });
-            self.push(slot);
-        }
-    }
-
-    fn arm_wake(&mut self) -> io::Result<()> {
+    fn arm_wake(&mut self, wake: &EventFd) -> io::Result<()> {
         let e = opcode::Read::new(
-            types::Fd(self.wake.as_raw_fd()),
+            types::Fd(wake.0.as_raw_fd()),
             (&mut *self.wake_buf as *mut u64).cast(),
             8,
         )
         .build()
         .user_data(WAKE);
         self.push_entry(&e)
+    }
+
+    fn wait(&mut self, _: &EventFd, events: &mut Vec<Event>) -> io::Result<()> {
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            // Short of resources, or completions to flush first: reap what there is and retry.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) => {
+                if self.ring.completion().is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        events.extend(self.ring.completion().map(|c| match c.user_data() {
+            WAKE => Event::Wake,
+            token => Event::Done {
+                token,
+                res: c.result(),
+            },
+        }));
+        Ok(())
+    }
+
+    fn start(&mut self, op: Op) -> Result<(), Op> {
+        // One entry stays for the wake-up.
+        if self.in_flight() >= RING_ENTRIES as usize - 1 {
+            return Err(op);
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.slots[slot] = Some(InFlight { op, done_bytes: 0 });
+        self.push(slot);
+        Ok(())
+    }
+
+    fn complete(&mut self, token: u64, res: i32) {
+        self.complete_slot(token as usize, res);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// The kernel may still write into these buffers (and the wake counter), so they are
+    /// leaked rather than handed back or freed.
+    fn fail_in_flight(&mut self, e: &io::Error) {
+        for inf in self.slots.iter_mut().filter_map(Option::take) {
+            let _ = inf.op.done.send(Err(copy_error(e)));
+            match inf.op.kind {
+                OpKind::Read { buf, .. } => std::mem::forget(buf),
+                OpKind::Write { data, .. } => std::mem::forget(data),
+                OpKind::Sync | OpKind::Fallocate { .. } => {}
+            }
+        }
+        self.free = (0..self.slots.len()).collect();
+        std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+    }
+
+    fn fail(op: Op, e: &io::Error) {
+        let _ = op.done.send(Err(copy_error(e)));
+    }
+}
+
+fn copy_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+impl Worker {
+    fn new(ring: IoUring, file: Arc<File>) -> Self {
+        Worker {
+            ring,
+            file,
+            slots: Vec::new(),
+            free: Vec::new(),
+            wake_buf: Box::new(0),
+        }
     }
 
     /// Pushes (or re-pushes, after a short transfer) the SQE for a slot.
@@ -285,7 +283,7 @@ impl Worker {
         }
     }
 
-    fn complete(&mut self, slot: usize, res: i32) {
+    fn complete_slot(&mut self, slot: usize, res: i32) {
         if res < 0 {
             let e = io::Error::from_raw_os_error(-res);
             if e.kind() == io::ErrorKind::Interrupted || res == -libc::EAGAIN {
@@ -336,16 +334,5 @@ impl Worker {
             _ => OpOutput::Done,
         });
         let _ = inf.op.done.send(out);
-    }
-
-    fn fail_all(&mut self, e: &io::Error) {
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].is_some() {
-                self.finish(slot, Err(io::Error::new(e.kind(), e.to_string())));
-            }
-        }
-        for op in self.backlog.drain(..) {
-            let _ = op.done.send(Err(io::Error::new(e.kind(), e.to_string())));
-        }
     }
 }

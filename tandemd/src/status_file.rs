@@ -3,6 +3,10 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+// loom's for the model in `tests/loom_status.rs`, which compiles this file.
+#[cfg(all(tandem_loom, test))]
+use loom::sync::Mutex;
+#[cfg(not(all(tandem_loom, test)))]
 use std::sync::Mutex;
 
 use drbdadm_compat::control::STATUS_FILE;
@@ -78,10 +82,22 @@ pub fn version() -> VersionInfo {
 /// # Errors
 /// The file cannot be written or renamed.
 pub fn write_status(run_dir: &Path, statuses: &[Status]) -> std::io::Result<()> {
+    #[cfg(all(tandem_loom, test))]
+    let _fs = loom_file_system();
     let text = render_status(statuses);
     let tmp = run_dir.join(format!(".{STATUS_FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(text.as_bytes())?;
     drop(f);
     std::fs::rename(&tmp, run_dir.join(STATUS_FILE))
+}
+
+/// The file system as loom sees it: one shared object, so that the model explores the order of
+/// the writes against the board's lock.
+#[cfg(all(tandem_loom, test))]
+fn loom_file_system() -> loom::sync::MutexGuard<'static, ()> {
+    loom::lazy_static! {
+        static ref FS: Mutex<()> = Mutex::new(());
+    }
+    FS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
