@@ -46,6 +46,7 @@ set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log
 rc=${PIPESTATUS[0]}
 set -e
+echo "== loom models"; scripts/loom.sh || rc=1
 # The seeded simulation of two nodes under faults (repl-sim): thousands of seeds per fault
 # level with the release binary; TANDEM_SIM_SEEDS sets how many per level (0 skips).
 sim_seeds=${TANDEM_SIM_SEEDS:-2000}
