@@ -166,6 +166,8 @@ enum After {
     Superblock,
     /// The clean superblock written by `Down`.
     Down,
+    /// Bitmap pages up to this mark are durable: peer writes that wait for them may be acked.
+    BitmapMark(u64),
 }
 
 /// A metadata write waiting for its turn.
@@ -269,6 +271,10 @@ pub struct Engine {
     link_gen: u64,
     /// Writes received from the peer, waiting or in flight on the local disk.
     peer_writes: HashMap<u64, peer::PeerWrite>,
+    /// Peer writes done on disk whose ack waits for the bitmap page that records them (the
+    /// peer has no disk, so this bitmap is the only record of what it lacks): `(mark, write)`.
+    acks_after_bitmap: Vec<(u64, peer::PeerWrite)>,
+    next_bitmap_mark: u64,
     peer_wait: VecDeque<u64>,
     next_peer_write: u64,
     /// The node was Primary when it crashed (`CRASHED_PRIMARY`), until a resync ends.
@@ -377,6 +383,8 @@ impl Engine {
             peer: None,
             link_gen: 0,
             peer_writes: HashMap::new(),
+            acks_after_bitmap: Vec::new(),
+            next_bitmap_mark: 0,
             peer_wait: VecDeque::new(),
             next_peer_write: 0,
             crashed_primary,
@@ -959,6 +967,7 @@ impl Engine {
                 self.out.push_back(Output::Event(Event::MetadataWritten));
             }
             After::Down => self.out.push_back(Output::Event(Event::Down)),
+            After::BitmapMark(mark) => self.bitmap_mark_durable(mark),
         }
         self.pump_meta();
         self.admit_waiting();

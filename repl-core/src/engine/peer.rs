@@ -1201,6 +1201,21 @@ impl Engine {
         let sector = Sector(w.offset / Sector::SIZE);
         if w.resync {
             self.rs_write_done(w.link, w.id, w.offset, w.len, ok);
+        } else if ok && self.state.pdsk <= DiskState::Failed && self.state.disk > DiskState::Failed
+        {
+            // This disk is the only copy: the blocks the peer lacks are on disk in our bitmap
+            // before the write is acked (DRBD puts such writes through the activity log).
+            let _ = self.bitmap.set_bytes(w.offset, w.len);
+            self.queue_dirty_pages();
+            let mark = self.next_bitmap_mark;
+            self.next_bitmap_mark += 1;
+            self.meta_queue.push_back(super::MetaStep {
+                offset: self.layout.md_offset,
+                data: Bytes::copy_from_slice(&self.sb.encode()),
+                after: After::BitmapMark(mark),
+            });
+            self.acks_after_bitmap.push((mark, w));
+            self.pump_meta();
         } else {
             self.peer_write_finished(
                 w.link,
@@ -1219,6 +1234,28 @@ impl Engine {
         self.admit_peer_writes();
         self.admit_waiting();
         self.retry_deferred_rs_reads();
+        self.maybe_finish_down();
+    }
+
+    /// The bitmap pages queued before `mark` are durable: ack the peer writes they record.
+    pub(super) fn bitmap_mark_durable(&mut self, mark: u64) {
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.acks_after_bitmap)
+            .into_iter()
+            .partition(|(m, _)| *m <= mark);
+        self.acks_after_bitmap = wait;
+        for (_, w) in ready {
+            let sector = Sector(w.offset / Sector::SIZE);
+            self.peer_write_finished(
+                w.link,
+                w.id,
+                w.epoch,
+                sector,
+                w.len as u32,
+                w.flags,
+                true,
+                true,
+            );
+        }
         self.maybe_finish_down();
     }
 
@@ -1437,6 +1474,20 @@ impl Engine {
         self.force_state(|s| s.disk = DiskState::Diskless);
         self.meta_queue.clear();
         self.gating_superblocks = 0;
+        // Writes whose record in the bitmap will never be durable now: refused.
+        for (_, w) in std::mem::take(&mut self.acks_after_bitmap) {
+            let sector = Sector(w.offset / Sector::SIZE);
+            self.peer_write_finished(
+                w.link,
+                w.id,
+                w.epoch,
+                sector,
+                w.len as u32,
+                w.flags,
+                false,
+                true,
+            );
+        }
         if let Some((_, req)) = self.staged.take() {
             // Its AL transaction no longer matters.
             self.issue(req);
