@@ -372,14 +372,7 @@ impl Engine {
         }
         lost.sort();
         self.force_state(|s| s.conn = via);
-        if lost_contact_to_peer_data(old.pdsk, self.state.pdsk)
-            && self.sb.uuids.needs_new_current_on_peer_loss(&self.state)
-        {
-            let random = self.rng.next_u64();
-            self.sb.uuids.new_current(random, self.state.role);
-            self.log(format!("new current UUID {}", self.sb.uuids.current));
-            self.write_superblock(After::Superblock);
-        } else {
+        if !self.new_current_on_peer_data_loss(old.pdsk) {
             self.write_superblock(After::Nothing);
         }
         self.queue_dirty_pages();
@@ -562,15 +555,7 @@ impl Engine {
                 self.maybe_complete(req);
             }
         }
-        if lost_contact_to_peer_data(old.pdsk, self.state.pdsk)
-            && self.sb.uuids.needs_new_current_on_peer_loss(&self.state)
-        {
-            // The peer's disk is gone while a Primary writes: this copy moves on alone
-            // (`after_state_ch`, "Lost contact to peer's copy of the data").
-            let random = self.rng.next_u64();
-            self.sb.uuids.new_current(random, self.state.role);
-            self.log(format!("new current UUID {}", self.sb.uuids.current));
-            self.write_superblock(After::Superblock);
+        if self.new_current_on_peer_data_loss(old.pdsk) {
             self.send_uuids(UuidFlags::default());
         }
         if phase == Phase::Running && self.state.conn == ConnState::Connected {
@@ -582,6 +567,21 @@ impl Engine {
                 self.sync_handshake(now);
             }
         }
+    }
+
+    /// `after_state_ch`, "Lost contact to peer's copy of the data": while a Primary writes,
+    /// this copy moves on alone in a new generation. Returns whether one began.
+    fn new_current_on_peer_data_loss(&mut self, old_pdsk: DiskState) -> bool {
+        if !(lost_contact_to_peer_data(old_pdsk, self.state.pdsk)
+            && self.sb.uuids.needs_new_current_on_peer_loss(&self.state))
+        {
+            return false;
+        }
+        let random = self.rng.next_u64();
+        self.sb.uuids.new_current(random, self.state.role);
+        self.log(format!("new current UUID {}", self.sb.uuids.current));
+        self.write_superblock(After::Superblock);
+        true
     }
 
     /// Runs the handshake once the peer's sizes, UUIDs and state are in.
@@ -1198,7 +1198,6 @@ impl Engine {
             ));
             let _ = self.bitmap.set_bytes(w.offset, w.len);
         }
-        let sector = Sector(w.offset / Sector::SIZE);
         if w.resync {
             self.rs_write_done(w.link, w.id, w.offset, w.len, ok);
         } else if ok && self.state.pdsk <= DiskState::Failed && self.state.disk > DiskState::Failed
@@ -1217,16 +1216,7 @@ impl Engine {
             self.acks_after_bitmap.push((mark, w));
             self.pump_meta();
         } else {
-            self.peer_write_finished(
-                w.link,
-                w.id,
-                w.epoch,
-                sector,
-                w.len as u32,
-                w.flags,
-                ok,
-                true,
-            );
+            self.finish_peer_write(&w, ok);
         }
         if !ok {
             self.local_io_error("a write for the peer");
@@ -1244,19 +1234,24 @@ impl Engine {
             .partition(|(m, _)| *m <= mark);
         self.acks_after_bitmap = wait;
         for (_, w) in ready {
-            let sector = Sector(w.offset / Sector::SIZE);
-            self.peer_write_finished(
-                w.link,
-                w.id,
-                w.epoch,
-                sector,
-                w.len as u32,
-                w.flags,
-                true,
-                true,
-            );
+            self.finish_peer_write(&w, true);
         }
         self.maybe_finish_down();
+    }
+
+    /// [`Engine::peer_write_finished`] for a mirrored write that reached the disk (or failed).
+    fn finish_peer_write(&mut self, w: &PeerWrite, ok: bool) {
+        let sector = Sector(w.offset / Sector::SIZE);
+        self.peer_write_finished(
+            w.link,
+            w.id,
+            w.epoch,
+            sector,
+            w.len as u32,
+            w.flags,
+            ok,
+            true,
+        );
     }
 
     /// Acks a mirrored write and counts it into its epoch.
@@ -1476,17 +1471,7 @@ impl Engine {
         self.gating_superblocks = 0;
         // Writes whose record in the bitmap will never be durable now: refused.
         for (_, w) in std::mem::take(&mut self.acks_after_bitmap) {
-            let sector = Sector(w.offset / Sector::SIZE);
-            self.peer_write_finished(
-                w.link,
-                w.id,
-                w.epoch,
-                sector,
-                w.len as u32,
-                w.flags,
-                false,
-                true,
-            );
+            self.finish_peer_write(&w, false);
         }
         if let Some((_, req)) = self.staged.take() {
             // Its AL transaction no longer matters.
