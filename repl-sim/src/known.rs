@@ -57,7 +57,6 @@ pub const KNOWN_FAILURES: &[KnownFailure] = &[
     k(28, FaultLevel::Heavy, 1000, "acked-write-lost", UNANALYSED),
     k(74, FaultLevel::Heavy, 1000, "acked-write-lost", UNANALYSED),
     k(604, FaultLevel::Heavy, 1000, "bitmap-coverage", UNANALYSED),
-    k(694, FaultLevel::Heavy, 1000, "engine-sanity", UNANALYSED),
     k(
         965,
         FaultLevel::Heavy,

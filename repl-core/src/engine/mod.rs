@@ -516,7 +516,16 @@ impl Engine {
             device_open,
             ..self.cfg.context
         };
+        let handshaking = self.state.conn == ConnState::WFReportParams
+            || self.state.conn == ConnState::WFBitMapS
+            || self.state.conn == ConnState::WFBitMapT
+            || self.state.conn == ConnState::WFSyncUUID;
         match cmd {
+            // The peer decides the handshake on the UUIDs and role we already sent it: a new
+            // generation now would make the two sides decide differently.
+            Command::Primary { .. } if handshaking => {
+                return Err(StateChangeError::InTransientState.into())
+            }
             Command::Primary { force } => match self.state.promote(force, false, &ctx)? {
                 Promotion::Unchanged => {}
                 Promotion::RunFencePeer => return Err(CommandError::FencePeerUnsupported),

@@ -770,3 +770,20 @@ fn down_lets_mirrored_writes_finish_before_it_demotes_and_disconnects() {
         "the write reached both disks"
     );
 }
+
+#[test]
+fn promotion_during_the_handshake_is_refused_as_transient() {
+    let mut p = Pair::new(Protocol::C);
+    p.n[0].e.peer_connected(LinkParams {
+        protocol: Protocol::C,
+        integrity: Some(IntegrityAlg::Crc32c),
+        resolve_conflicts: true,
+        discard_my_data: false,
+    });
+    assert_eq!(p.n[0].e.state().conn, ConnState::WFReportParams);
+    assert_eq!(
+        p.n[0].e.command(Command::Primary { force: true }, false),
+        Err(StateChangeError::InTransientState.into()),
+        "the peer decides on the UUIDs it already has"
+    );
+}
