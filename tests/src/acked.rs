@@ -146,6 +146,9 @@ pub fn write_until_failure(
             Err(_) => break,
         }
     }
+    // The reply thread holds a clone of the socket: shut it down, or the thread waits for
+    // its read timeout when the server stays up.
+    let _ = writer.shutdown(std::net::Shutdown::Both);
     drop(writer);
     let _ = replies.join();
     acked
