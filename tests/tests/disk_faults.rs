@@ -375,7 +375,9 @@ fn primary_block_device_eio_then_rejoins_as_a_sync_target() {
     primary_block_device_eio(Then::Rejoin);
 }
 
-fn primary_block_device_eio(then: Then) {
+/// Two daemons, node `failing`'s backing store a loop device over a file that can be made to
+/// fail with EIO, skip-synced, node 0 Primary; `None` when a tool is missing (SKIP).
+fn block_device_cluster(failing: usize) -> Option<BlockDeviceCluster> {
     if !prerequisites(&[
         QEMU,
         EIO_TOOLS[0],
@@ -383,15 +385,30 @@ fn primary_block_device_eio(then: Then) {
         EIO_TOOLS[2],
         ("losetup", "mount"),
     ]) {
-        return;
+        return None;
     }
-    // Declared before the cluster: dropped (detached, unmounted) after its daemons are gone.
     let disk = ErrorDisk::start(DISK, |_| {});
     let dev = LoopDev::attach(&disk.file);
     let c = Cluster::new(ClusterOpts::default());
-    let (a, b) = (c.node(0), c.node(1));
-    put_disk(a, &dev.dev);
+    put_disk(c.node(failing), &dev.dev);
     synced_primary(&c);
+    Some(BlockDeviceCluster { c, _dev: dev, disk })
+}
+
+/// Fields drop in order: the daemons first, then the loop device, then the failing store.
+struct BlockDeviceCluster {
+    c: Cluster,
+    _dev: LoopDev,
+    disk: ErrorDisk,
+}
+
+fn primary_block_device_eio(then: Then) {
+    // Kept whole: it drops its daemons before the devices under them.
+    let Some(bd) = block_device_cluster(0) else {
+        return;
+    };
+    let (c, disk) = (&bd.c, &bd.disk);
+    let (a, b) = (c.node(0), c.node(1));
     // The range at 2M is written (and so cached) before the fault: overwriting it later
     // needs no read from the failing device.
     qemu_io(&a.uri(), &["w -P 0x11 0 1M", "w -P 0x22 2M 1M", "flush"]);
@@ -438,7 +455,7 @@ fn primary_block_device_eio(then: Then) {
         // The write at 2M never reached the failed store (its writeback failed), nor did
         // the one at 3M (made while diskless).
         disk.heal();
-        rejoin_and_converge(&c, 0, &disk.image);
+        rejoin_and_converge(c, 0, &disk.image);
     }
 }
 
@@ -458,22 +475,12 @@ fn secondary_block_device_eio_then_rejoins_as_a_sync_target() {
 }
 
 fn secondary_block_device_eio(then: Then) {
-    if !prerequisites(&[
-        QEMU,
-        EIO_TOOLS[0],
-        EIO_TOOLS[1],
-        EIO_TOOLS[2],
-        ("losetup", "mount"),
-    ]) {
+    // Kept whole: it drops its daemons before the devices under them.
+    let Some(bd) = block_device_cluster(1) else {
         return;
-    }
-    // Declared before the cluster: dropped (detached, unmounted) after its daemons are gone.
-    let disk = ErrorDisk::start(DISK, |_| {});
-    let dev = LoopDev::attach(&disk.file);
-    let c = Cluster::new(ClusterOpts::default());
+    };
+    let (c, disk) = (&bd.c, &bd.disk);
     let (a, b) = (c.node(0), c.node(1));
-    put_disk(b, &dev.dev);
-    synced_primary(&c);
     // The range at 2M is written (and so cached) before the fault: overwriting it later
     // needs no read from the failing device, so the error surfaces at the epoch's flush.
     qemu_io(&a.uri(), &["w -P 0x11 0 1M", "w -P 0x22 2M 1M", "flush"]);
@@ -506,7 +513,7 @@ fn secondary_block_device_eio(then: Then) {
     assert_eq!(a.ok(&["cstate", "r0"]), "Connected\n");
     if then == Then::Rejoin {
         disk.heal();
-        rejoin_and_converge(&c, 1, &disk.image);
+        rejoin_and_converge(c, 1, &disk.image);
     }
 }
 
