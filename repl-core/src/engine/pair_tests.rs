@@ -104,14 +104,20 @@ impl Pair {
         }
     }
 
+    /// What node `i`'s link agrees on (node 0 breaks ties).
+    fn link_params(&self, i: usize) -> LinkParams {
+        LinkParams {
+            protocol: self.protocol,
+            integrity: Some(IntegrityAlg::Crc32c),
+            resolve_conflicts: i == 0,
+            discard_my_data: false,
+        }
+    }
+
     fn connect(&mut self) {
         for i in 0..2 {
-            self.n[i].e.peer_connected(LinkParams {
-                protocol: self.protocol,
-                integrity: Some(IntegrityAlg::Crc32c),
-                resolve_conflicts: i == 0,
-                discard_my_data: false,
-            });
+            let params = self.link_params(i);
+            self.n[i].e.peer_connected(params);
             self.open[i] = true;
         }
         self.settle();
@@ -774,12 +780,8 @@ fn down_lets_mirrored_writes_finish_before_it_demotes_and_disconnects() {
 #[test]
 fn promotion_during_the_handshake_is_refused_as_transient() {
     let mut p = Pair::new(Protocol::C);
-    p.n[0].e.peer_connected(LinkParams {
-        protocol: Protocol::C,
-        integrity: Some(IntegrityAlg::Crc32c),
-        resolve_conflicts: true,
-        discard_my_data: false,
-    });
+    let params = p.link_params(0);
+    p.n[0].e.peer_connected(params);
     assert_eq!(p.n[0].e.state().conn, ConnState::WFReportParams);
     assert_eq!(
         p.n[0].e.command(Command::Primary { force: true }, false),
