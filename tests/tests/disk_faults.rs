@@ -29,6 +29,13 @@ const DATA: u64 = 63 * MIB;
 /// What fio writes (three times what the tmpfs holds).
 const WRITTEN: u64 = 48 * MIB;
 
+/// Waits until `node` reports its own disk UpToDate and its peer's gone (`UpToDate/Diskless`).
+fn wait_peer_disk_gone(node: &ClusterNode) {
+    node.wait_for("the peer's disk gone", |n| {
+        n.ok(&["dstate", "r0"]) == "UpToDate/Diskless\n"
+    });
+}
+
 /// Both nodes up and UpToDate without an initial sync (nothing is written to the backing
 /// stores but metadata), node 0 Primary.
 fn synced_primary(c: &Cluster) {
@@ -214,9 +221,7 @@ fn primary_disk_full(then: Then) {
     assert_eq!(a.ok(&["dstate", "r0"]), "Diskless/UpToDate\n");
     assert_eq!(a.ok(&["role", "r0"]), "Primary/Secondary\n");
     assert_eq!(a.ok(&["cstate", "r0"]), "Connected\n");
-    b.wait_for("the peer's disk gone", |n| {
-        n.ok(&["dstate", "r0"]) == "UpToDate/Diskless\n"
-    });
+    wait_peer_disk_gone(b);
     let proc = a.proc_drbd();
     assert!(
         proc.contains(" 0: cs:Connected ro:Primary/Secondary ds:Diskless/UpToDate C r-----"),
@@ -287,9 +292,7 @@ fn secondary_disk_full_detaches_and_the_primary_keeps_every_write() {
     b.wait_for("the Secondary detached", |n| {
         n.ok(&["dstate", "r0"]) == "Diskless/UpToDate\n"
     });
-    a.wait_for("the peer's disk gone", |n| {
-        n.ok(&["dstate", "r0"]) == "UpToDate/Diskless\n"
-    });
+    wait_peer_disk_gone(a);
     assert_eq!(a.ok(&["cstate", "r0"]), "Connected\n");
     assert!(oos_kib(a) > 0, "{}", a.proc_drbd());
 }
@@ -337,9 +340,7 @@ fn primary_disk_eio(then: Then) {
     let log = a.log();
     assert!(log.contains("Input/output error"), "{log}");
     assert!(log.contains("on-io-error detach"), "{log}");
-    b.wait_for("the peer's disk gone", |n| {
-        n.ok(&["dstate", "r0"]) == "UpToDate/Diskless\n"
-    });
+    wait_peer_disk_gone(b);
     // Writes and flushes go on through the peer; everything reads back right.
     qemu_io(
         &a.uri(),
@@ -426,9 +427,7 @@ fn primary_block_device_eio(then: Then) {
     );
     assert!(!log.contains("disk I/O error: write"), "{log}");
     assert!(log.contains("on-io-error detach"), "{log}");
-    b.wait_for("the peer's disk gone", |n| {
-        n.ok(&["dstate", "r0"]) == "UpToDate/Diskless\n"
-    });
+    wait_peer_disk_gone(b);
     qemu_io(
         &a.uri(),
         &[
@@ -497,9 +496,7 @@ fn secondary_block_device_eio(then: Then) {
         "{log}"
     );
     assert!(log.contains("on-io-error detach"), "{log}");
-    a.wait_for("the peer's disk gone", |n| {
-        n.ok(&["dstate", "r0"]) == "UpToDate/Diskless\n"
-    });
+    wait_peer_disk_gone(a);
     qemu_io(
         &a.uri(),
         &[
