@@ -112,6 +112,25 @@ impl GenerationUuids {
         overwritten
     }
 
+    /// Starts a new data generation whatever the bitmap UUID holds. With an empty bitmap UUID
+    /// this is [`GenerationUuids::new_current`]. With one set (a resync under way or one whose
+    /// end this node never recorded) DRBD 8.4 keeps the generation, and a peer that finished
+    /// that resync and was promoted later discards this node's new writes by rule 50 without
+    /// seeing a split brain. tandem starts a new current UUID there too and keeps the bitmap
+    /// UUID, so an interrupted resync still resumes from the bitmap (rule 70); the old current
+    /// goes to `history[1]`, leaving `history[0]` for rule 71's unfinished sync-UUID check.
+    /// The peer that finished the resync then meets its current in our history (rule 80, full
+    /// sync), and one that also started a generation shares only history (rule 100, split
+    /// brain).
+    pub fn begin_generation(&mut self, random: u64, role: Role) {
+        if self.bitmap.0 == 0 {
+            self.new_current(random, role);
+        } else {
+            self.history[1] = self.current;
+            self.current = with_role_bit(random, role);
+        }
+    }
+
     /// Sets the bitmap UUID (`drbd_uuid_set_bm`): zero rotates the old one into history, any
     /// other value replaces it with bit 0 cleared. Returns a replaced non-zero bitmap UUID.
     pub fn set_bitmap(&mut self, value: Uuid) -> Option<Uuid> {
@@ -167,24 +186,27 @@ impl GenerationUuids {
     }
 
     /// After a successful promotion to `state` (`drbd_set_role`): a new generation when
-    /// promoted without reachable peer data and no bitmap UUID, or when forced; then the role
-    /// bit. Returns whether a new current UUID was made.
+    /// promoted without reachable peer data, or when forced; then the role bit. DRBD 8.4 skips
+    /// the unforced one while a bitmap UUID is set; tandem does not (see
+    /// [`GenerationUuids::begin_generation`]). Returns whether a new current UUID was made.
     pub fn promote(&mut self, state: &NodeState, forced: bool, random: u64) -> bool {
         let alone = state.conn < ConnState::Connected || state.pdsk <= DiskState::Failed;
-        let bump = (alone && self.bitmap.0 == 0) || forced;
-        if bump {
+        let bump = alone || forced;
+        if forced {
             self.new_current(random, Role::Primary);
+        } else if bump {
+            self.begin_generation(random, Role::Primary);
         }
         self.set_role(Role::Primary);
         bump
     }
 
     /// Whether losing the peer's data (see [`crate::state::lost_contact_to_peer_data`]) starts a
-    /// new generation in state `state`; the caller then calls [`GenerationUuids::new_current`]
-    /// (deferred until fence-peer returns while I/O is frozen).
+    /// new generation in state `state`; the caller then calls
+    /// [`GenerationUuids::begin_generation`] (deferred until fence-peer returns while I/O is
+    /// frozen). Unlike 8.4, a set bitmap UUID does not prevent it.
     pub fn needs_new_current_on_peer_loss(&self, state: &NodeState) -> bool {
         (state.role == Role::Primary || state.peer == Role::Primary)
-            && self.bitmap.0 == 0
             && state.disk >= DiskState::UpToDate
     }
 
@@ -558,12 +580,22 @@ pub fn uuid_compare(me: &HandshakeSide, peer: &HandshakeSide, opts: &CompareOpti
         return Verdict::new(100, 90);
     }
 
-    // Zero history entries count as equal here, exactly as in DRBD.
+    // Zero history entries count as equal here, exactly as in DRBD. tandem also counts a
+    // non-zero bitmap UUID found in the other side's history: both left that generation, which
+    // happens after begin_generation with a bitmap UUID set (8.4 would say unrelated data).
     let related = mine
         .history
         .iter()
-        .any(|m| theirs.history.iter().any(|t| t.masked() == m.masked()));
+        .any(|m| theirs.history.iter().any(|t| t.masked() == m.masked()))
+        || ancestor_in(mine.bitmap, &theirs.history)
+        || ancestor_in(theirs.bitmap, &mine.history);
     Verdict::new(if related { -100 } else { -1000 }, 100)
+}
+
+/// Whether a non-zero bitmap UUID is one of `history`'s entries (bit 0 masked).
+fn ancestor_in(bitmap: Uuid, history: &[Uuid; 2]) -> bool {
+    let b = bitmap.masked();
+    b != 0 && history.iter().any(|h| h.masked() == b)
 }
 
 #[cfg(test)]
@@ -649,9 +681,10 @@ mod tests {
         assert_eq!(u, g(0xB1, 0xA0, 0, 0));
         u.set_role(Role::Secondary);
         assert_eq!(u.current, Uuid(0xB0));
-        // A bitmap UUID already records the divergence.
-        assert!(!u.promote(&standalone(Role::Primary), false, 0xC0));
-        assert_eq!(u, g(0xB1, 0xA0, 0, 0));
+        // With a bitmap UUID set, 8.4 would keep the generation; tandem starts one and keeps
+        // the bitmap UUID (begin_generation).
+        assert!(u.promote(&standalone(Role::Primary), false, 0xC0));
+        assert_eq!(u, g(0xC1, 0xA0, 0, 0xB0));
         let connected = NodeState {
             conn: ConnState::Connected,
             peer: Role::Secondary,
@@ -670,11 +703,58 @@ mod tests {
         assert!(g(0xA0, 0, 0, 0).promote(&peer_diskless, false, 1));
     }
 
+    /// A SyncSource Primary that loses its peer mid-resync (current C, sync UUID S in the bitmap
+    /// slot) starts a generation; every way the peer may have gone on is still judged right.
+    #[test]
+    fn a_generation_begun_mid_resync_keeps_every_handshake_right() {
+        let opts = CompareOptions::default();
+        let judge = |me: GenerationUuids, peer: GenerationUuids| {
+            let v = uuid_compare(
+                &HandshakeSide::secondary(me),
+                &HandshakeSide::secondary(peer),
+                &opts,
+            );
+            (v.result, v.rule)
+        };
+        let mut source = g(0xC000, 0xB000, 0xA000, 0x9000);
+        let sync = source.start_resync_as_source(0);
+        let mut target = g(0xB000, 0, 0, 0);
+        target.receive_sync_uuid(sync, Role::Secondary);
+        let before = source;
+        source.begin_generation(0xD000, Role::Secondary);
+        assert_eq!(source.bitmap, sync, "the resync's bitmap UUID stays");
+        assert_eq!(source.history, [before.history[0], before.current]);
+
+        // The target is still mid-resync: the resync resumes from the bitmap.
+        assert_eq!(judge(source, target), (1, 70));
+        // The target finished the resync (it takes the source's tuple as last received, with
+        // or without the sync UUID), this node never saw the end: a full sync from here,
+        // which covers the writes made since.
+        let handshake = g(0xC000, 0xB000, 0xA000, 0x9000);
+        for seen in [before, handshake] {
+            let mut finished = target;
+            finished.finish_resync_as_target(&seen, Role::Secondary);
+            assert_eq!(judge(source, finished), (2, 80), "{finished}");
+            // ... and then was promoted alone: both wrote, a split brain (8.4: rule 50, -1).
+            let mut promoted = finished;
+            promoted.begin_generation(0xE000, Role::Primary);
+            assert_eq!(judge(source, promoted).0, -100, "{promoted}");
+            assert_eq!(judge(promoted, source).0, -100, "{promoted}");
+        }
+        // The target never got the sync UUID: rule 71 still undoes the unfinished start.
+        let unaware = g(0xB000, 0, 0, 0);
+        assert_eq!(judge(source, unaware), (1, 71));
+        // A forced promotion of the Inconsistent target: both changed the same parent.
+        let mut forced = target;
+        forced.new_current(0xF000, Role::Primary);
+        assert_eq!(judge(source, forced), (100, 90));
+    }
+
     #[test]
     fn peer_loss_rule() {
         let primary = standalone(Role::Primary);
         assert!(g(0xA1, 0, 0, 0).needs_new_current_on_peer_loss(&primary));
-        assert!(!g(0xA1, 0xB0, 0, 0).needs_new_current_on_peer_loss(&primary));
+        assert!(g(0xA1, 0xB0, 0, 0).needs_new_current_on_peer_loss(&primary));
         assert!(!g(0xA0, 0, 0, 0).needs_new_current_on_peer_loss(&standalone(Role::Secondary)));
         let under_primary = NodeState {
             peer: Role::Primary,

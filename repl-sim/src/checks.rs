@@ -210,6 +210,15 @@ impl Sim {
             self.count("handshakes with a crashed peer");
             return;
         }
+        let diskless_side = self.state(i).is_some_and(|s| {
+            conn == ConnState::Connected
+                && (s.disk <= DiskState::Failed || s.pdsk <= DiskState::Failed)
+        });
+        if diskless_side {
+            // Nothing is compared or synced with a diskless side: no data merges.
+            self.count("handshakes with a diskless side");
+            return;
+        }
         if self.model.unique[0] && self.model.unique[1] && !self.conn.discard {
             let name = self.nodes[i].name;
             self.fail(

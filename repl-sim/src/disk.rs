@@ -84,11 +84,9 @@ pub struct SimDisk {
     inflight: BTreeMap<OpId, InFlight>,
     pub faults: DiskFaults,
     pub timing: DiskTiming,
-    /// Metadata writes flush what completed before them (a workaround for a known engine
-    /// bug, see `KNOWN_ENGINE_BUGS`).
+    /// Metadata writes flush what completed before them (the engine's `md-flushes` contract).
     pub preflush_meta: bool,
-    /// Granularity of torn metadata writes: 512, or 4096 as a workaround for a known engine
-    /// bug (see `KNOWN_ENGINE_BUGS`).
+    /// Granularity of torn metadata writes (one sector).
     pub meta_tear_unit: u64,
 }
 

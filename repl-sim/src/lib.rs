@@ -25,14 +25,7 @@ pub const DEFAULT_STEPS: u64 = 3000;
 /// that every other seed stays meaningful; `repl-sim --expose-known-bugs` turns all of them
 /// off to reproduce the bugs. `(name, what is avoided and why)`; the report of the simulator's
 /// first run names a reproducing seed for each.
-pub const KNOWN_ENGINE_BUGS: &[(&str, &str)] = &[(
-    "promote-keeps-generation",
-    "a disconnected node whose bitmap UUID is set is not promoted: promotion starts a new \
-         generation only when the bitmap UUID is 0 (as in DRBD 8.4), and a bitmap UUID left \
-         from a resync whose end the node never recorded (one-way partition, crash before the \
-         resync-end superblock) makes its new writes look like the old generation; the next \
-         handshake (rule 50/70) discards them without detecting split brain",
-)];
+pub const KNOWN_ENGINE_BUGS: &[(&str, &str)] = &[];
 
 /// A seed that fails because of an engine bug that is reported and not fixed yet. Listed so
 /// that CI stays meaningful; every entry names the report. A seed's run depends on its step

@@ -118,6 +118,14 @@ pub struct Model {
     /// Absolute number of `log[i][0]`.
     log_first: [u64; 2],
     pub unique: [bool; 2],
+    /// The newest version among each node's diverging writes.
+    last_unique: [u64; 2],
+    /// The next version to be handed out when each node last lost its link (or crashed):
+    /// diverging writes older than that were in its bitmap or announced by P_OUT_OF_SYNC.
+    pub link_lost_at: [u64; 2],
+    /// What each node had to hold before it became a resync target, until the resync ends:
+    /// a target whose Inconsistent superblock never reached its disk comes back with that.
+    before_resync: [Option<Vec<u64>>; 2],
 }
 
 impl Model {
@@ -132,6 +140,9 @@ impl Model {
             log: [VecDeque::new(), VecDeque::new()],
             log_first: [0, 0],
             unique: [false, false],
+            last_unique: [0, 0],
+            link_lost_at: [0, 0],
+            before_resync: [None, None],
         }
     }
 
@@ -196,6 +207,7 @@ impl Model {
         }
         if diverges {
             self.unique[node] = true;
+            self.last_unique[node] = self.last_unique[node].max(version);
         }
         self.log[node].push_back(Acked {
             first,
@@ -242,6 +254,9 @@ impl Model {
     /// keeps what it acknowledged itself as well (its writes are the newest).
     pub fn resync_started(&mut self, target: usize, primary: bool) {
         let source = 1 - target;
+        if self.before_resync[target].is_none() {
+            self.before_resync[target] = Some(self.need[target].clone());
+        }
         if primary {
             let src = self.need[source].clone();
             raise_to(&mut self.need[target], &src);
@@ -257,6 +272,7 @@ impl Model {
     /// on the source instead).
     pub fn resync_done(&mut self, target: usize, source_linked: bool, protocol_c: bool) {
         let source = 1 - target;
+        self.before_resync[target] = None;
         if source_linked {
             if protocol_c {
                 self.need[target] = self.need[source].clone();
@@ -264,12 +280,29 @@ impl Model {
             self.unique = [false, false];
         } else {
             self.unique[target] = false;
+            // The target cleared every bit the source marked while it still had the link,
+            // so the source's diverging writes from before it lost it are on the target.
+            if self.last_unique[source] < self.link_lost_at[source] {
+                self.unique[source] = false;
+            }
         }
         // What survives a power loss now: the older of what survived before and what the
         // source holds (mirrored writes still in the target's cache are not promised yet).
         let (need, dur) = (&self.need[target], &mut self.dur[target]);
         for (d, n) in dur.iter_mut().zip(need) {
             *d = (*d).min(*n);
+        }
+    }
+
+    /// `node` restarted with a consistent disk although it was a resync target: the
+    /// superblock that made it Inconsistent never reached the disk, and neither did any write
+    /// that depended on it, so it holds what it held before the resync.
+    pub fn resync_forgotten(&mut self, node: usize) {
+        if let Some(before) = self.before_resync[node].take() {
+            for (d, b) in self.dur[node].iter_mut().zip(&before) {
+                *d = (*d).min(*b);
+            }
+            self.need[node] = before;
         }
     }
 
@@ -280,6 +313,7 @@ impl Model {
 
     /// `primary --force` on a disk that was not UpToDate: its data is declared good.
     pub fn forced(&mut self, node: usize) {
+        self.before_resync[node] = None;
         self.need[node].fill(0);
         self.dur[node].fill(0);
     }

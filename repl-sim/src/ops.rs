@@ -80,15 +80,6 @@ impl Sim {
         self.rng.pick(&alive).copied()
     }
 
-    /// Workaround promote-keeps-generation: a disconnected node with a bitmap UUID set would
-    /// be promoted without a new generation.
-    fn unsettled_generation(&self, i: usize) -> bool {
-        self.nodes[i]
-            .engine
-            .as_ref()
-            .is_some_and(|e| e.uuids().bitmap.0 != 0)
-    }
-
     fn primary(&self) -> Option<usize> {
         (0..2).find(|&i| self.state(i).is_some_and(|s| s.role == Role::Primary))
     }
@@ -270,12 +261,6 @@ impl Sim {
                 if self.opts.faults == FaultLevel::None && !connected {
                     return;
                 }
-                if self.opts.workaround("promote-keeps-generation")
-                    && !connected
-                    && self.unsettled_generation(i)
-                {
-                    return;
-                }
                 self.headline(format!("operator: primary {}", self.nodes[i].name));
                 self.fault("op promote");
                 self.command(i, Command::Primary { force: false });
@@ -304,10 +289,7 @@ impl Sim {
                 let apart = self
                     .state(s)
                     .is_some_and(|st| st.conn < ConnState::Connected && st.role == Role::Secondary);
-                if apart
-                    && !(self.opts.workaround("promote-keeps-generation")
-                        && self.unsettled_generation(s))
-                {
+                if apart {
                     self.headline(format!(
                         "operator: primary {} while {} is Primary elsewhere",
                         self.nodes[s].name, self.nodes[p].name
@@ -432,6 +414,7 @@ impl Sim {
             n.disk.process_kill(&mut self.rng)
         };
         self.note(format!("{} crash: {outcome:?}", self.nodes[i].name));
+        self.model.link_lost_at[i] = self.next_version;
         if power {
             self.model.power_loss(i);
         }

@@ -648,6 +648,9 @@ impl Sim {
                 if let Some(h) = &self.opts.hook {
                     h(&mut e);
                 }
+                if e.state().disk > DiskState::Inconsistent {
+                    self.model.resync_forgotten(i);
+                }
                 let n = &mut self.nodes[i];
                 n.inc += 1;
                 n.engine = Some(e);
@@ -972,6 +975,9 @@ impl Sim {
         if new.disk == DiskState::UpToDate || old.conn != new.conn {
             self.nodes[i].check_due = true;
             self.pair_due = true;
+        }
+        if old.conn >= ConnState::WFReportParams && new.conn < ConnState::WFReportParams {
+            self.model.link_lost_at[i] = self.next_version;
         }
         if old.conn == ConnState::WFReportParams
             && matches!(

@@ -168,6 +168,9 @@ enum After {
     Down,
     /// Bitmap pages up to this mark are durable: peer writes that wait for them may be acked.
     BitmapMark(u64),
+    /// A superblock that makes the disk Inconsistent: only now does the peer hear of it, so
+    /// that a crash before it leaves no peer counting on a state this disk never recorded.
+    AnnounceDisk,
 }
 
 /// A metadata write waiting for its turn.
@@ -275,6 +278,13 @@ pub struct Engine {
     /// peer has no disk, so this bitmap is the only record of what it lacks): `(mark, write)`.
     acks_after_bitmap: Vec<(u64, peer::PeerWrite)>,
     next_bitmap_mark: u64,
+    /// Every bitmap mark below this one is durable.
+    bitmap_marks_durable: u64,
+    /// The disk went Inconsistent and the superblock saying so is not durable yet: the peer
+    /// is not told until it is (After::AnnounceDisk).
+    announce_pending: bool,
+    /// The latest time an input carried (for decisions taken on a disk completion).
+    last_now: crate::time::Instant,
     peer_wait: VecDeque<u64>,
     next_peer_write: u64,
     /// The node was Primary when it crashed (`CRASHED_PRIMARY`), until a resync ends.
@@ -385,6 +395,9 @@ impl Engine {
             peer_writes: HashMap::new(),
             acks_after_bitmap: Vec::new(),
             next_bitmap_mark: 0,
+            bitmap_marks_durable: 0,
+            announce_pending: false,
+            last_now: crate::time::Instant::default(),
             peer_wait: VecDeque::new(),
             next_peer_write: 0,
             crashed_primary,
@@ -526,6 +539,10 @@ impl Engine {
             Command::Primary { .. } if handshaking => {
                 return Err(StateChangeError::InTransientState.into())
             }
+            // Likewise the disk state: the peer may already be deciding on the one we sent.
+            Command::Invalidate if self.state.conn == ConnState::WFReportParams => {
+                return Err(StateChangeError::InTransientState.into())
+            }
             Command::Primary { force } => match self.state.promote(force, false, &ctx)? {
                 Promotion::Unchanged => {}
                 Promotion::RunFencePeer => return Err(CommandError::FencePeerUnsupported),
@@ -605,9 +622,8 @@ impl Engine {
                     self.set_state(state);
                 }
                 self.set_all_bits();
-                self.write_superblock(After::Superblock);
-                self.send_uuids(crate::uuid::UuidFlags::INCONSISTENT);
-                self.send_state();
+                self.announce_pending = true;
+                self.write_superblock(After::AnnounceDisk);
             }
             Command::Down => {
                 // A refused demotion (the device is open) refuses `down`; otherwise the
@@ -656,14 +672,20 @@ impl Engine {
                 continue;
             };
             // An overlapping write still in flight (or waiting ahead of this one) goes first,
-            // so that both disks see overlapping writes in the same order.
+            // so that both disks see overlapping writes in the same order. A peer write that
+            // arrived earlier and still waits goes first too (it may date from a connection
+            // that is gone, and must not land on top of this newer write).
             let earlier_waits = still.iter().any(|w| {
                 self.requests
                     .get(w)
                     .and_then(|q| q.request.range())
                     .is_some_and(|r| overlaps(r, (offset, len)))
             });
-            if earlier_waits || self.write_in_flight_over(offset, len) {
+            let peer_write_waits = self
+                .peer_writes
+                .values()
+                .any(|w| !w.issued && overlaps((w.offset, w.len), (offset, len)));
+            if earlier_waits || peer_write_waits || self.write_in_flight_over(offset, len) {
                 still.push_back(req);
                 continue;
             }
@@ -913,7 +935,7 @@ impl Engine {
             return;
         }
         self.queue_dirty_pages();
-        if after == After::Superblock {
+        if matches!(after, After::Superblock | After::AnnounceDisk) {
             self.gating_superblocks += 1;
         }
         self.meta_queue.push_back(MetaStep {
@@ -975,11 +997,17 @@ impl Engine {
                 self.gating_superblocks = self.gating_superblocks.saturating_sub(1);
                 self.out.push_back(Output::Event(Event::MetadataWritten));
             }
+            After::AnnounceDisk => {
+                self.gating_superblocks = self.gating_superblocks.saturating_sub(1);
+                self.out.push_back(Output::Event(Event::MetadataWritten));
+                self.announce_disk();
+            }
             After::Down => self.out.push_back(Output::Event(Event::Down)),
             After::BitmapMark(mark) => self.bitmap_mark_durable(mark),
         }
         self.pump_meta();
         self.admit_waiting();
+        self.admit_peer_writes();
     }
 
     fn clear_bitmap(&mut self) {

@@ -789,3 +789,117 @@ fn promotion_during_the_handshake_is_refused_as_transient() {
         "the peer decides on the UUIDs it already has"
     );
 }
+
+impl Pair {
+    /// Performs node `i`'s held disk operations and lets it run its disk freely again.
+    fn release_disk(&mut self, i: usize) {
+        self.n[i].hold_disk = false;
+        for (op, kind) in std::mem::take(&mut self.n[i].held) {
+            let r = self.n[i].d.perform(&kind);
+            self.n[i].e.disk_done(op, r);
+        }
+        self.settle();
+    }
+
+    /// Node 0 (Primary) writes 1 MiB while the link is down, then reconnects with node 1's
+    /// disk held, so that the resync stays under way.
+    fn resync_under_way() -> Pair {
+        let mut p = Pair::synced(Protocol::C);
+        p.cut();
+        p.submit(0, write(0, 0x44, 1 << 20));
+        p.n[1].hold_disk = true;
+        for i in 0..2 {
+            let params = p.link_params(i);
+            p.n[i].e.peer_connected(params);
+            p.open[i] = true;
+        }
+        // No timers: the target's resync ticks would never end while its disk is held.
+        while p.step() {}
+        assert_eq!(p.conns(), (ConnState::SyncSource, ConnState::SyncTarget));
+        p
+    }
+}
+
+#[test]
+fn an_invalidate_reaches_the_peer_once_its_superblock_is_durable() {
+    let mut p = Pair::synced(Protocol::C);
+    p.n[1].hold_disk = true;
+    p.n[1].e.command(Command::Invalidate, false).unwrap();
+    p.settle();
+    assert_eq!(p.n[1].e.state().disk, DiskState::Inconsistent);
+    assert_eq!(
+        p.n[0].e.state().pdsk,
+        DiskState::UpToDate,
+        "the peer hears nothing before the Inconsistent superblock is on disk"
+    );
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    p.release_disk(1);
+    assert!(p.n[1].logged("Began resync as SyncTarget"));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}
+
+#[test]
+fn a_sync_source_that_loses_its_target_starts_a_generation_and_resumes_from_the_bitmap() {
+    let mut p = Pair::resync_under_way();
+    let before = p.n[0].e.uuids();
+    p.cut();
+    p.release_disk(1);
+    let after = p.n[0].e.uuids();
+    assert_ne!(after.current.masked(), before.current.masked());
+    assert_eq!(after.bitmap, before.bitmap, "the sync UUID stays");
+    assert_eq!(p.n[0].d.superblock().uuids, after, "and it is durable");
+    p.n[0].events.clear();
+    p.connect();
+    assert!(
+        p.n[0].logged("uuid_compare()=1 by rule 70"),
+        "{:?}",
+        p.n[0].logs()
+    );
+    assert!(!p.n[0].logged("full sync"));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}
+
+#[test]
+fn a_peer_disk_that_fails_mid_resync_ends_the_resync() {
+    let mut p = Pair::resync_under_way();
+    p.n[0].fail_writes = true;
+    p.submit(0, write(8 << 20, 0x55, 4096));
+    assert_eq!(p.n[0].e.state().disk, DiskState::Diskless);
+    assert!(p.n[1].logged("Resync aborted"), "{:?}", p.n[1].logs());
+    let s = p.n[1].e.state();
+    assert_eq!(
+        (s.conn, s.disk, s.pdsk),
+        (
+            ConnState::Connected,
+            DiskState::Inconsistent,
+            DiskState::Diskless
+        )
+    );
+    p.release_disk(1);
+    assert!(p.n[1].e.out_of_sync_blocks() > 0, "the bits stay");
+    assert_eq!(p.n[1].e.state().conn, ConnState::Connected);
+}
+
+#[test]
+fn writes_for_a_diskless_peer_wait_for_the_bitmap_that_records_them() {
+    let mut p = Pair::synced(Protocol::C);
+    p.n[0].fail_writes = true;
+    p.submit(0, write(0, 0x11, 4096));
+    assert_eq!(p.n[1].e.state().pdsk, DiskState::Diskless);
+    p.n[1].hold_disk = true;
+    p.n[0].e.submit(write(1 << 20, 0x66, 4096)).unwrap();
+    p.settle();
+    let held: Vec<&DiskOp> = p.n[1].held.iter().map(|(_, k)| k).collect();
+    assert!(
+        matches!(held.first(), Some(DiskOp::MetaWrite { .. })),
+        "the bitmap goes first: {held:?}"
+    );
+    assert!(
+        !held.iter().any(|k| matches!(k, DiskOp::Write { .. })),
+        "the data waits for it: {held:?}"
+    );
+    p.release_disk(1);
+    assert_eq!(p.n[1].d.get(1 << 20, 4096), &[0x66; 4096][..]);
+}

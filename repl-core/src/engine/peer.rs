@@ -13,7 +13,9 @@ use bytes::Bytes;
 use super::resync::Resync;
 use super::{After, Engine, OpFor, Output, ReqId, Request};
 use crate::bitmap::BLOCK_BYTES;
-use crate::state::{lost_contact_to_peer_data, ConnState, DiskState, NodeState, Role};
+use crate::state::{
+    lost_contact_to_peer_data, ConnState, DiskState, NodeState, Role, StateChangeError,
+};
 use crate::types::{Sector, Uuid};
 use crate::uuid::{
     uuid_compare, CompareOptions, Correction, GenerationUuids, HandshakeSide, UuidFlags,
@@ -180,6 +182,9 @@ pub(super) struct PeerWrite {
     /// Resync data (`P_RS_DATA_REPLY`) rather than a mirrored write.
     pub resync: bool,
     pub issued: bool,
+    /// This disk holds the only copy: the write waits until the bitmap recording it is
+    /// durable (this mark), so that no crash leaves its blocks changed and unmarked.
+    pub bits_first: Option<u64>,
 }
 
 /// How many 64-bit words one `P_BITMAP` carries.
@@ -312,8 +317,28 @@ impl Engine {
             requested: 0,
             current: self.size,
         });
+        // An Inconsistent disk not yet durable is reported once it is (`announce_disk`).
+        if !self.announce_pending {
+            self.send_uuids(UuidFlags::default());
+            self.send_state();
+        }
+    }
+
+    /// The superblock that made the disk Inconsistent is durable: the peer hears of it now,
+    /// and a handshake that waited for our report runs.
+    pub(super) fn announce_disk(&mut self) {
+        if !std::mem::take(&mut self.announce_pending) {
+            return;
+        }
         self.send_uuids(UuidFlags::default());
         self.send_state();
+        if self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.phase == Phase::ReportParams)
+        {
+            self.maybe_handshake(self.last_now);
+        }
     }
 
     /// The link broke (`NetworkFailure`); the node waits for the peer again.
@@ -372,7 +397,7 @@ impl Engine {
         }
         lost.sort();
         self.force_state(|s| s.conn = via);
-        if !self.new_current_on_peer_data_loss(old.pdsk) {
+        if !self.new_current_on_peer_data_loss(old) {
             self.write_superblock(After::Nothing);
         }
         self.queue_dirty_pages();
@@ -388,6 +413,7 @@ impl Engine {
         if self.peer.is_none() {
             return;
         }
+        self.last_now = self.last_now.max(now);
         self.resync_clock(now);
         match packet {
             Packet::Sizes { backing, .. } => self.on_sizes(backing),
@@ -489,6 +515,14 @@ impl Engine {
         let received = PeerUuids { uuids, bits, flags };
         let phase = peer.phase;
         peer.uuids = Some(received);
+        if phase == Phase::Running
+            && self.state.disk <= DiskState::Failed
+            && self.state.role == Role::Primary
+        {
+            // A diskless Primary exposes the peer's data: it follows its generation
+            // (`drbd_set_ed_uuid`), which the next connection must match.
+            self.sb.uuids.current = Uuid(uuids.current.masked() | 1);
+        }
         if phase == Phase::Running && self.state.conn == ConnState::Connected {
             let state = self.state;
             if self
@@ -533,9 +567,15 @@ impl Engine {
         // The peer's role and disk as it reports them, within what the connection allows.
         let syncing = self.state.conn > ConnState::Connected;
         let old = self.state;
+        // A peer disk that fails ends a resync (`sanitize_state`: "Abort resync if a disk
+        // fails/detaches"); otherwise a resync keeps the peer's disk state it implies.
+        let peer_disk_gone = s.disk <= DiskState::Failed;
+        if syncing && peer_disk_gone {
+            self.abort_resync();
+        }
         self.force_state(|ns| {
             ns.peer = s.role;
-            if !syncing {
+            if !syncing || peer_disk_gone {
                 ns.pdsk = s.disk;
             }
         });
@@ -555,10 +595,15 @@ impl Engine {
                 self.maybe_complete(req);
             }
         }
-        if self.new_current_on_peer_data_loss(old.pdsk) {
+        if self.new_current_on_peer_data_loss(old) {
             self.send_uuids(UuidFlags::default());
         }
-        if phase == Phase::Running && self.state.conn == ConnState::Connected {
+        // While our own Inconsistent disk is not announced yet, the peer decides nothing
+        // and neither do we: the announcement starts the resync.
+        if phase == Phase::Running
+            && self.state.conn == ConnState::Connected
+            && !self.announce_pending
+        {
             let (me, them) = (self.state.disk, s.disk);
             let inconsistent = DiskState::Inconsistent;
             if (me == inconsistent && them == DiskState::UpToDate)
@@ -570,15 +615,19 @@ impl Engine {
     }
 
     /// `after_state_ch`, "Lost contact to peer's copy of the data": while a Primary writes,
-    /// this copy moves on alone in a new generation. Returns whether one began.
-    fn new_current_on_peer_data_loss(&mut self, old_pdsk: DiskState) -> bool {
-        if !(lost_contact_to_peer_data(old_pdsk, self.state.pdsk)
+    /// this copy moves on alone in a new generation. Returns whether one began. tandem also
+    /// counts a SyncSource losing its target (which keeps pdsk Inconsistent): the target may
+    /// have finished unseen (a one-way partition) and be promoted on its own.
+    fn new_current_on_peer_data_loss(&mut self, old: NodeState) -> bool {
+        let source_lost = matches!(old.conn, ConnState::SyncSource | ConnState::PausedSyncS)
+            && self.state.conn < ConnState::Connected;
+        if !((lost_contact_to_peer_data(old.pdsk, self.state.pdsk) || source_lost)
             && self.sb.uuids.needs_new_current_on_peer_loss(&self.state))
         {
             return false;
         }
         let random = self.rng.next_u64();
-        self.sb.uuids.new_current(random, self.state.role);
+        self.sb.uuids.begin_generation(random, self.state.role);
         self.log(format!("new current UUID {}", self.sb.uuids.current));
         self.write_superblock(After::Superblock);
         true
@@ -586,10 +635,11 @@ impl Engine {
 
     /// Runs the handshake once the peer's sizes, UUIDs and state are in.
     fn maybe_handshake(&mut self, now: crate::time::Instant) {
-        let ready = self
-            .peer
-            .as_ref()
-            .is_some_and(|p| p.sizes.is_some() && p.uuids.is_some() && p.state.is_some());
+        let ready = !self.announce_pending
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.sizes.is_some() && p.uuids.is_some() && p.state.is_some());
         if ready {
             self.sync_handshake(now);
         }
@@ -606,6 +656,34 @@ impl Engine {
         };
         let params = peer.params;
         let sent_bits = peer.sent_bits;
+        if self.state.disk <= DiskState::Failed
+            && self.state.role == Role::Primary
+            && theirs.uuids.current.masked() != self.sb.uuids.current.masked()
+        {
+            // The data this Primary exposed lives only in that generation (`receive_uuids`).
+            self.abort_connection(&format!(
+                "Can only connect to data with current UUID={:016X}",
+                self.sb.uuids.current.masked()
+            ));
+            return;
+        }
+        if self.state.disk <= DiskState::Failed || their_state.disk <= DiskState::Failed {
+            // No disk on one side: nothing to compare or resync (DRBD runs
+            // drbd_sync_handshake only when both sides have a disk).
+            if self.refuse_two_primaries(their_state.role) {
+                return;
+            }
+            if let Some(p) = self.peer.as_mut() {
+                p.phase = Phase::Running;
+            }
+            self.force_state(|s| {
+                s.conn = ConnState::Connected;
+                s.peer = their_state.role;
+                s.pdsk = their_state.disk;
+            });
+            self.write_superblock(After::Nothing);
+            return;
+        }
         let mut my_flags = UuidFlags::default();
         if self.crashed_primary {
             my_flags = UuidFlags(my_flags.0 | UuidFlags::CRASHED_PRIMARY.0);
@@ -720,6 +798,9 @@ impl Engine {
             self.abort_connection("I shall become SyncTarget, but I am primary!");
             return;
         }
+        if self.refuse_two_primaries(their_state.role) {
+            return;
+        }
         if result.abs() >= 2 {
             self.log(
                 "Writing the whole bitmap, full sync required after drbd_sync_handshake.".into(),
@@ -744,6 +825,18 @@ impl Engine {
             }
             r => self.start_bitmap_exchange(r > 0, their_state, peer_disk, now),
         }
+    }
+
+    /// Two Primaries without `allow-two-primaries`: `is_valid_state` refuses the connected
+    /// state (SS_TWO_PRIMARIES) once the handshake found no split brain, and DRBD drops the
+    /// connection. Returns whether it did.
+    fn refuse_two_primaries(&mut self, their_role: Role) -> bool {
+        let allowed = self.cfg.net.as_ref().is_some_and(|n| n.two_primaries);
+        if allowed || self.state.role != Role::Primary || their_role != Role::Primary {
+            return false;
+        }
+        self.abort_connection(&StateChangeError::TwoPrimaries.to_string());
+        true
     }
 
     pub(super) fn emit_handler(&mut self, h: super::Handler) {
@@ -784,6 +877,11 @@ impl Engine {
                 s.disk = DiskState::Inconsistent;
             }
         });
+        if !source {
+            // No write of the source's generation may reach this disk before the superblock
+            // that calls it Inconsistent: peer writes wait for it (admit_peer_writes).
+            self.write_superblock(After::Superblock);
+        }
         let words = self.bitmap.word_count();
         let mut at = 0;
         while at < words {
@@ -882,7 +980,7 @@ impl Engine {
         }
         let role = self.state.role;
         self.sb.uuids.receive_sync_uuid(uuid, role);
-        self.write_superblock(After::Nothing);
+        self.write_superblock(After::Superblock);
         self.emit_handler(super::Handler::BeforeResyncTarget);
         self.start_resync(false, now);
     }
@@ -1122,6 +1220,11 @@ impl Engine {
             return;
         }
         self.mark_resync_requests_stale(offset, len64);
+        // DRBD puts the writes of a cluster whose only disk is here through the AL and
+        // marks them out of sync before they are submitted.
+        let bits_first = (self.state.pdsk <= DiskState::Failed
+            && self.state.disk > DiskState::Failed)
+            .then(|| self.persist_bits(offset, len64));
         let key = self.next_peer_write;
         self.next_peer_write += 1;
         self.peer_writes.insert(
@@ -1137,25 +1240,51 @@ impl Engine {
                 data,
                 resync: false,
                 issued: false,
+                bits_first,
             },
         );
         self.peer_wait.push_back(key);
         self.admit_peer_writes();
     }
 
+    /// Sets the bits of a range and queues the pages and a superblock after them; returns
+    /// the mark that [`Engine::bitmap_mark_durable`] reports once they are on disk.
+    fn persist_bits(&mut self, offset: u64, len: u64) -> u64 {
+        let _ = self.bitmap.set_bytes(offset, len);
+        self.queue_dirty_pages();
+        let mark = self.next_bitmap_mark;
+        self.next_bitmap_mark += 1;
+        self.meta_queue.push_back(super::MetaStep {
+            offset: self.layout.md_offset,
+            data: Bytes::copy_from_slice(&self.sb.encode()),
+            after: After::BitmapMark(mark),
+        });
+        self.pump_meta();
+        mark
+    }
+
     /// Issues waiting peer writes that no in-flight write overlaps, in arrival order.
     pub(super) fn admit_peer_writes(&mut self) {
+        // A superblock that changes what this disk claims (Inconsistent, a sync UUID) is
+        // durable before the writes that depend on it.
+        if self.gating_superblocks > 0 && self.state.disk > DiskState::Failed {
+            return;
+        }
         let mut still: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
         while let Some(key) = self.peer_wait.pop_front() {
             let Some(w) = self.peer_writes.get(&key) else {
                 continue;
             };
             let range = (w.offset, w.len);
-            let blocked = still.iter().any(|k| {
-                self.peer_writes
-                    .get(k)
-                    .is_some_and(|o| super::overlaps((o.offset, o.len), range))
-            }) || self.write_in_flight_over(range.0, range.1);
+            let bits_pending = w.bits_first.is_some_and(|m| m >= self.bitmap_marks_durable)
+                && self.state.disk > DiskState::Failed;
+            let blocked = bits_pending
+                || still.iter().any(|k| {
+                    self.peer_writes
+                        .get(k)
+                        .is_some_and(|o| super::overlaps((o.offset, o.len), range))
+                })
+                || self.write_in_flight_over(range.0, range.1);
             if blocked {
                 still.push_back(key);
                 continue;
@@ -1200,21 +1329,15 @@ impl Engine {
         }
         if w.resync {
             self.rs_write_done(w.link, w.id, w.offset, w.len, ok);
-        } else if ok && self.state.pdsk <= DiskState::Failed && self.state.disk > DiskState::Failed
+        } else if ok
+            && w.bits_first.is_none()
+            && self.state.disk > DiskState::Failed
+            && self.state.pdsk <= DiskState::Failed
         {
-            // This disk is the only copy: the blocks the peer lacks are on disk in our bitmap
-            // before the write is acked (DRBD puts such writes through the activity log).
-            let _ = self.bitmap.set_bytes(w.offset, w.len);
-            self.queue_dirty_pages();
-            let mark = self.next_bitmap_mark;
-            self.next_bitmap_mark += 1;
-            self.meta_queue.push_back(super::MetaStep {
-                offset: self.layout.md_offset,
-                data: Bytes::copy_from_slice(&self.sb.encode()),
-                after: After::BitmapMark(mark),
-            });
+            // This disk became the only copy while the write was on its way: the blocks are
+            // in our bitmap on disk before the write is acked.
+            let mark = self.persist_bits(w.offset, w.len);
             self.acks_after_bitmap.push((mark, w));
-            self.pump_meta();
         } else {
             self.finish_peer_write(&w, ok);
         }
@@ -1233,9 +1356,11 @@ impl Engine {
             .into_iter()
             .partition(|(m, _)| *m <= mark);
         self.acks_after_bitmap = wait;
+        self.bitmap_marks_durable = self.bitmap_marks_durable.max(mark + 1);
         for (_, w) in ready {
             self.finish_peer_write(&w, true);
         }
+        self.admit_peer_writes();
         self.maybe_finish_down();
     }
 
@@ -1465,6 +1590,11 @@ impl Engine {
 
     /// The disk goes Failed, then Diskless; the peer learns it and keeps the bits.
     pub(super) fn detach_after_error(&mut self) {
+        self.abort_resync();
+        if std::mem::take(&mut self.announce_pending) {
+            // The report a handshake waits for goes out now, with the disk that failed.
+            self.send_uuids(UuidFlags::default());
+        }
         self.force_state(|s| s.disk = DiskState::Failed);
         self.force_state(|s| s.disk = DiskState::Diskless);
         self.meta_queue.clear();

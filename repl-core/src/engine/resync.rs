@@ -141,6 +141,7 @@ impl Engine {
 
     /// Time passes: the resync target plans its next requests.
     pub fn tick(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
             return;
         };
@@ -333,6 +334,10 @@ impl Engine {
         };
         let link = peer.gen;
         let Some(r) = peer.resync.as_mut().filter(|r| !r.source) else {
+            if peer.resync.is_none() && id >= RS_ID_BASE {
+                // Answers a request of a resync that was aborted: its bits stay set.
+                return;
+            }
             self.protocol_error("P_RS_DATA_REPLY while not SyncTarget".into());
             return;
         };
@@ -375,6 +380,7 @@ impl Engine {
                 data,
                 resync: true,
                 issued: false,
+                bits_first: None,
             },
         );
         self.peer_wait.push_back(key);
@@ -501,6 +507,18 @@ impl Engine {
             // Blocks marked behind the scan position (P_OUT_OF_SYNC, dropped replies).
             r.pos = 0;
         }
+    }
+
+    /// A disk on either side failed mid-resync: the resync ends where it stands, with its
+    /// bits kept and no UUID change. Replies still on their way are dropped on arrival.
+    pub(super) fn abort_resync(&mut self) {
+        if self.peer.as_mut().and_then(|p| p.resync.take()).is_none() {
+            return;
+        }
+        self.log(format!(
+            "Resync aborted: a disk failed ({} bits left)",
+            self.bitmap.count()
+        ));
     }
 
     /// `drbd_resync_finished`: UUIDs and disk states move, the bitmap is written.
