@@ -623,6 +623,10 @@ impl Sim {
                 two_primaries: false,
                 integrity: self.sw.integrity.then_some(IntegrityAlg::Crc32c),
                 resync_rate_kib: self.nodes[i].rate_kib,
+                // DRBD's defaults: 42 s, far beyond the longest fault that leaves a request
+                // unanswered on a live link (partitions end in a ping timeout first).
+                timeout_ds: 60,
+                ko_count: 7,
             }),
             on_io_error: OnIoError::Detach,
         }
@@ -955,6 +959,17 @@ impl Sim {
                 self.nodes[i].down_seen = true;
             }
             Event::Handler(h) => self.note(format!("{name} handler {}", h.name())),
+            Event::HandlerCall { handler, call } => {
+                let status = 0;
+                self.note(format!(
+                    "{name} handler {} returns {status}",
+                    handler.name()
+                ));
+                let now = repl_core::time::Instant::from_nanos(self.now);
+                if let Some(e) = self.nodes[i].engine.as_mut() {
+                    e.handler_returned(call, status, now);
+                }
+            }
             Event::Detached => {
                 self.conn.detached[i] = true;
                 self.count("disks detached");
@@ -1501,10 +1516,11 @@ impl Sim {
         };
         let mark = self.model.flush_mark(i);
         let name = self.nodes[i].name;
+        let now = repl_core::time::Instant::from_nanos(self.now);
         let Some(e) = self.nodes[i].engine.as_mut() else {
             return;
         };
-        match e.submit(request) {
+        match e.submit(request, now) {
             Ok(req) => {
                 self.note(format!("{name} submit req{} {op:?} v{version}", req.0));
                 self.count("requests submitted");
@@ -1564,7 +1580,7 @@ impl Sim {
                 }
                 self.pair_due = true;
                 if let Some(e) = self.nodes[node].engine.as_mut() {
-                    e.disk_done(op, result);
+                    e.disk_done(op, result, repl_core::time::Instant::from_nanos(self.now));
                 }
                 self.drain(node);
             }

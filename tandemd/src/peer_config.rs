@@ -72,8 +72,15 @@ pub fn peer_setup(
         two_primaries: net.allow_two_primaries,
         integrity,
         resync_rate_kib: vol.disk_options.resync_rate.max(1),
+        timeout_ds: clamp_u32(net.timeout),
+        ko_count: clamp_u32(net.ko_count),
     };
     Ok(Some((netcfg, spec)))
+}
+
+/// A config number as the engine's `u32` (the parser keeps them within DRBD's ranges).
+fn clamp_u32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
 }
 
 /// An endpoint's `address` as a socket address.
