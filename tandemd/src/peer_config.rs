@@ -66,6 +66,8 @@ pub fn peer_setup(
         connect_int: Duration::from_secs(net.connect_int.max(1)),
         ping_int: Duration::from_secs(net.ping_int.max(1)),
         ping_timeout: Duration::from_millis(net.ping_timeout.max(1) * 100),
+        timeout: Duration::from_millis(net.timeout.saturating_mul(100)),
+        ko_count: clamp_u32(net.ko_count),
     };
     let netcfg = NetConfig {
         protocol,

@@ -814,10 +814,18 @@ impl Task {
                     self.engine.receive(packet, now);
                 }
             }
-            LinkEvent::Down { conn, reason } => {
+            LinkEvent::Down {
+                conn,
+                reason,
+                timed_out,
+            } => {
                 if conn == link.conn && link.tx.take().is_some() {
                     warn!("{prefix}: connection lost: {reason}");
-                    self.engine.peer_lost();
+                    if timed_out {
+                        self.engine.peer_timed_out();
+                    } else {
+                        self.engine.peer_lost();
+                    }
                 }
             }
         }
