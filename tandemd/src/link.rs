@@ -100,8 +100,33 @@ pub fn spawn(
     events: mpsc::UnboundedSender<LinkEvent>,
 ) -> mpsc::UnboundedSender<LinkControl> {
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(spec, events, ctl_rx));
+    match runtime() {
+        Some(rt) => drop(rt.spawn(run(spec, events, ctl_rx))),
+        None => drop(tokio::spawn(run(spec, events, ctl_rx))),
+    }
     ctl_tx
+}
+
+/// The links' own runtime, apart from the one that drives the engines, as DRBD's ack
+/// receiver is apart from its worker: a buffered write runs inline on its resource task (see
+/// `nbd_server::file`), and a backing store that hangs holds that runtime worker together with
+/// the task it last woke (tokio's LIFO slot is never stolen). Pings and acks must still flow
+/// then, so that the peer sees a live node with a slow disk (`ko-count`), not a dead link.
+/// `None` if it cannot be built (the links then share the caller's runtime).
+fn runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tandem-link")
+            .enable_all()
+            .build()
+            .inspect_err(|e| {
+                warn!("cannot start the peer links' runtime ({e}); sharing the resources' one")
+            })
+            .ok()
+    })
+    .as_ref()
 }
 
 /// Why one connection ended.
