@@ -905,6 +905,7 @@ impl Engine {
         let Some(p) = self.requests.remove(&req) else {
             return;
         };
+        self.prune_net_log();
         let local_ok = matches!(p.local, Some(Ok(_)));
         if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
             if !local_ok || p.net == peer::Net::Failed {

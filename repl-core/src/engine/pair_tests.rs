@@ -903,6 +903,11 @@ fn a_peer_that_never_acks_a_write_is_dropped_after_ko_count_times_timeout() {
     assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
     assert_eq!(p.n[0].e.out_of_sync_blocks(), 0);
     p.assert_identical();
+    // What the timer remembers of sent requests goes with them.
+    for k in 0..64 {
+        p.submit(0, write(k * 8192, 1, 4096));
+    }
+    assert!(p.n[0].e.net_log.is_empty(), "{:?}", p.n[0].e.net_log);
 }
 
 #[test]

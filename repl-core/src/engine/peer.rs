@@ -985,7 +985,7 @@ impl Engine {
                 Net::Waiting
             };
         }
-        self.net_log.push_back((self.clock, req));
+        self.sent_to_peer(req);
         true
     }
 
@@ -1001,7 +1001,7 @@ impl Engine {
             p.epoch = epoch;
             p.net = Net::Waiting;
         }
-        self.net_log.push_back((self.clock, req));
+        self.sent_to_peer(req);
         self.close_epoch(true);
     }
 
@@ -1432,7 +1432,7 @@ impl Engine {
             sector: Sector(offset / Sector::SIZE),
             len,
         });
-        self.net_log.push_back((self.clock, req));
+        self.sent_to_peer(req);
         true
     }
 

@@ -57,8 +57,16 @@ impl Engine {
         barrier
     }
 
-    /// Forgets sent requests at the front of the log that no longer wait for the peer.
-    fn prune_net_log(&mut self) {
+    /// Notes that a request went to the peer now (only while the timer is on).
+    pub(super) fn sent_to_peer(&mut self, req: ReqId) {
+        if self.effective_timeout().is_some() {
+            self.net_log.push_back((self.clock, req));
+        }
+    }
+
+    /// Forgets sent requests at the front of the log that no longer wait for the peer (after
+    /// every request's end, so the log stays about as long as what is in flight).
+    pub(super) fn prune_net_log(&mut self) {
         while let Some(&(_, req)) = self.net_log.front() {
             if self.waits_for_peer(req).is_some() {
                 break;
