@@ -33,7 +33,7 @@ pub(crate) const ACTIONS: &[(&str, [u64; 3])] = &[
     ("rate", [1, 1, 1]),
 ];
 
-const MS: u64 = 1_000_000;
+pub(crate) const MS: u64 = 1_000_000;
 
 impl Swarm {
     /// Draws a run's parameters.
@@ -70,6 +70,35 @@ impl Swarm {
             restart_delay: rng.range(10, 500) * MS,
             error_p: [0.01, 0.05, 0.2][rng.below(3) as usize],
             corrupt_p: [0.01, 0.05, 0.2][rng.below(3) as usize],
+            handler_fail_p: 0.0,
+            handler_delay: 0,
+            timeout_ds: 60,
+            ko_count: 7,
+        }
+    }
+
+    /// The handler and timeout parameters, from a PRNG of their own so that the main stream
+    /// (and every run that does not use them) stays as it was. At `none` no handler refuses
+    /// and the timeouts are DRBD's defaults (42 s, beyond anything the simulator delays);
+    /// otherwise some runs have refusing handlers and some a request timer short enough for
+    /// slow links and disks to trip it (a legitimate connection loss).
+    pub(crate) fn draw_side(&mut self, rng: &mut SimRng, level: FaultLevel) {
+        self.handler_delay = if rng.chance(0.5) {
+            0
+        } else {
+            rng.range(1, 300) * MS
+        };
+        if level == FaultLevel::None {
+            return;
+        }
+        if rng.chance(0.3) {
+            self.handler_fail_p = [0.05, 0.2, 0.5][rng.below(3) as usize];
+        }
+        if rng.chance(0.25) {
+            // 0.1 to 0.6 s: partitions trip it before the ping timeout does, slow links and
+            // disks now and then.
+            self.timeout_ds = rng.range(1, 3) as u32;
+            self.ko_count = rng.range(1, 2) as u32;
         }
     }
 }

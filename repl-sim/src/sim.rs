@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use repl_core::engine::{
-    Command, DiskOp, Engine, EngineConfig, Event, LinkParams, NetConfig, OnIoError, OpId, Output,
-    ReqId, Request, RequestError,
+    CallId, Command, DiskOp, Engine, EngineConfig, Event, Handler, LinkParams, NetConfig,
+    OnIoError, OpId, Output, ReqId, Request, RequestError,
 };
 use repl_core::link::{HmacAlg, Link, LinkConfig, Progress, NONCE_BYTES};
 use repl_core::state::{ConnState, Context, DiskState, Fencing, Role};
@@ -20,6 +20,7 @@ use repl_core::wire::{encode_to_vec, AckKind, DataKind, Frame, IntegrityAlg, Pac
 use crate::disk::{DiskTiming, SimDisk};
 use crate::model::Model;
 use crate::net::{Chunk, Corrupt, DirTiming, Net, SideState};
+use crate::ops::MS;
 use crate::rng::SimRng;
 use crate::trace::Trace;
 use crate::workload::{Op, Workload, SECTOR};
@@ -131,22 +132,58 @@ pub struct Report {
 /// An event on the virtual clock.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Ev {
-    Disk { node: usize, inc: u64, op: OpId },
-    Deliver { dir: usize, gen: u64 },
-    Tick { node: usize, inc: u64 },
+    Disk {
+        node: usize,
+        inc: u64,
+        op: OpId,
+    },
+    Deliver {
+        dir: usize,
+        gen: u64,
+    },
+    Tick {
+        node: usize,
+        inc: u64,
+    },
     Connect,
-    LinkTimeout { gen: u64 },
-    Restart { node: usize, inc: u64 },
+    LinkTimeout {
+        gen: u64,
+    },
+    Restart {
+        node: usize,
+        inc: u64,
+    },
     Work,
     Chaos,
     Setup,
     Heal,
-    HealPartition { id: u64 },
-    EndSlow { id: u64 },
-    EndDiskFault { node: usize, id: u64 },
-    EndCorrupt { id: u64 },
-    ApplyProtocol { node: usize, protocol: u8 },
-    OperatorConnect { node: usize, inc: u64 },
+    HealPartition {
+        id: u64,
+    },
+    EndSlow {
+        id: u64,
+    },
+    EndDiskFault {
+        node: usize,
+        id: u64,
+    },
+    EndCorrupt {
+        id: u64,
+    },
+    ApplyProtocol {
+        node: usize,
+        protocol: u8,
+    },
+    OperatorConnect {
+        node: usize,
+        inc: u64,
+    },
+    HandlerDone {
+        node: usize,
+        inc: u64,
+        call: CallId,
+        status: i32,
+    },
 }
 
 struct Sched {
@@ -261,6 +298,13 @@ pub(crate) struct Swarm {
     pub restart_delay: u64,
     pub error_p: f64,
     pub corrupt_p: f64,
+    /// How often a `before-resync-*` handler refuses during the fault phase.
+    pub handler_fail_p: f64,
+    /// Handlers take up to this long (0: they answer at once).
+    pub handler_delay: u64,
+    /// `timeout` (0.1 s) and `ko-count`.
+    pub timeout_ds: u32,
+    pub ko_count: u32,
 }
 
 /// What the simulator saw on the current connection.
@@ -324,6 +368,8 @@ pub struct Sim {
     pub(crate) last_pair_check: u64,
     /// The engine logged a digest failure during the current receive.
     digest_failed: bool,
+    /// Draws what [`Swarm::draw_side`] covers, apart from `rng`.
+    side_rng: SimRng,
     pub(crate) violation: Option<Violation>,
 }
 
@@ -375,7 +421,9 @@ pub fn run(opts: Options) -> Report {
 impl Sim {
     fn new(opts: Options) -> Result<Sim, String> {
         let mut rng = SimRng::new(opts.seed);
-        let sw = Swarm::draw(&mut rng, opts.faults);
+        let mut sw = Swarm::draw(&mut rng, opts.faults);
+        let mut side_rng = SimRng::new(opts.seed ^ 0x6b6f_2d63_6f75_6e74);
+        sw.draw_side(&mut side_rng, opts.faults);
         let dir = |rng: &mut SimRng| {
             let latency_ns = rng.range(20_000, 2_000_000);
             DirTiming {
@@ -455,6 +503,7 @@ impl Sim {
             pair_due: false,
             last_pair_check: 0,
             digest_failed: false,
+            side_rng,
             violation: None,
         };
         sim.trace.step(format!(
@@ -623,6 +672,8 @@ impl Sim {
                 two_primaries: false,
                 integrity: self.sw.integrity.then_some(IntegrityAlg::Crc32c),
                 resync_rate_kib: self.nodes[i].rate_kib,
+                timeout_ds: self.sw.timeout_ds,
+                ko_count: self.sw.ko_count,
             }),
             on_io_error: OnIoError::Detach,
         }
@@ -958,11 +1009,61 @@ impl Sim {
                 self.nodes[i].down_seen = true;
             }
             Event::Handler(h) => self.note(format!("{name} handler {}", h.name())),
+            Event::HandlerCall { handler, call } => self.handler_call(i, handler, call),
             Event::Detached => {
                 self.conn.detached[i] = true;
                 self.count("disks detached");
                 self.note(format!("{name} detached its disk"));
             }
+        }
+    }
+
+    /// A handler the engine waits for: it answers at once or after a while, in the fault
+    /// phase now and then with a refusal (the node then goes StandAlone, and an operator
+    /// connects it again later). Runs that do not draw refusals or delays answer 0 at once.
+    fn handler_call(&mut self, i: usize, handler: Handler, call: CallId) {
+        let name = self.nodes[i].name;
+        let faults = self.phase == Phase::Faults;
+        let mut status = 0;
+        if faults && self.sw.handler_fail_p > 0.0 && self.side_rng.chance(self.sw.handler_fail_p) {
+            status = if handler == Handler::BeforeResyncSource && self.side_rng.chance(0.3) {
+                3
+            } else {
+                1
+            };
+            self.fault("handler refusal");
+        }
+        let delay = if faults && self.sw.handler_delay > 0 {
+            self.side_rng.range(0, self.sw.handler_delay)
+        } else {
+            0
+        };
+        self.note(format!(
+            "{name} handler {} returns {status} after {} ms",
+            handler.name(),
+            delay / MS
+        ));
+        if status != 0 && status != 3 {
+            let inc = self.nodes[i].inc;
+            let d = self.side_rng.range(100, 1000) * MS;
+            self.at(self.now + delay + d, Ev::OperatorConnect { node: i, inc });
+        }
+        if delay == 0 {
+            let now = repl_core::time::Instant::from_nanos(self.now);
+            if let Some(e) = self.nodes[i].engine.as_mut() {
+                e.handler_returned(call, status, now);
+            }
+        } else {
+            let inc = self.nodes[i].inc;
+            self.at(
+                self.now + delay,
+                Ev::HandlerDone {
+                    node: i,
+                    inc,
+                    call,
+                    status,
+                },
+            );
         }
     }
 
@@ -1030,6 +1131,12 @@ impl Sim {
             || line.starts_with("cannot encode AL transaction")
         {
             self.fail("engine-sanity", format!("{name}: {line}"));
+        }
+        if line.starts_with("Remote failed to") {
+            self.count("connections timed out (ko-count)");
+        }
+        if line.contains("handler returned") && line.ends_with("dropping connection.") {
+            self.count("connections dropped by a handler");
         }
         if line.starts_with("Digest integrity check FAILED") {
             self.digest_failed = true;
@@ -1507,10 +1614,11 @@ impl Sim {
         };
         let mark = self.model.flush_mark(i);
         let name = self.nodes[i].name;
+        let now = repl_core::time::Instant::from_nanos(self.now);
         let Some(e) = self.nodes[i].engine.as_mut() else {
             return;
         };
-        match e.submit(request) {
+        match e.submit(request, now) {
             Ok(req) => {
                 self.note(format!("{name} submit req{} {op:?} v{version}", req.0));
                 self.count("requests submitted");
@@ -1570,7 +1678,7 @@ impl Sim {
                 }
                 self.pair_due = true;
                 if let Some(e) = self.nodes[node].engine.as_mut() {
-                    e.disk_done(op, result);
+                    e.disk_done(op, result, repl_core::time::Instant::from_nanos(self.now));
                 }
                 self.drain(node);
             }
@@ -1669,6 +1777,25 @@ impl Sim {
                 let p = protocol_of(protocol);
                 self.headline(format!("{} net protocol := {p:?}", self.nodes[node].name));
                 self.nodes[node].protocol = p;
+            }
+            Ev::HandlerDone {
+                node,
+                inc,
+                call,
+                status,
+            } => {
+                if self.nodes[node].inc != inc {
+                    return;
+                }
+                self.headline(format!(
+                    "{}'s handler returns {status}",
+                    self.nodes[node].name
+                ));
+                let now = repl_core::time::Instant::from_nanos(self.now);
+                if let Some(e) = self.nodes[node].engine.as_mut() {
+                    e.handler_returned(call, status, now);
+                }
+                self.drain(node);
             }
             Ev::OperatorConnect { node, inc } => {
                 if self.nodes[node].inc == inc && self.alive(node) {

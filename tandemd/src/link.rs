@@ -2,6 +2,10 @@
 //! handshake of [`repl_core::link`], framing with [`repl_core::wire::codec`], keep-alive pings,
 //! and reconnecting every `connect-int` while the engine wants a link.
 //!
+//! A send that makes no progress for `timeout` counts `ko-count` down (DRBD's `drbd_send` with
+//! `sk_sndtimeo = timeout` and `we_should_drop_the_connection`); at 0 the connection is
+//! dropped and reported as timed out. `ko-count 0` disables it.
+//!
 //! `connect --discard-my-data` holds for one connection: the flag goes into the `P_PROTOCOL` of
 //! the next handshake that succeeds, is reported with [`LinkEvent::Up`], and is cleared, so a
 //! reconnect after that connection is lost does not carry it again.
@@ -10,19 +14,24 @@
 //! `address` (it also breaks ties in the handshake, see [`repl_core::link::PeerInfo`]), the
 //! other connects to it. The resource task owns the engine; this task only moves packets.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use repl_core::link::{HmacAlg, Link, LinkConfig, PeerInfo, Progress, NONCE_BYTES};
 use repl_core::wire::codec::{encode_parts, Decoder};
 use repl_core::wire::{Frame, Packet};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// How a link is set up (from the resource's `net` section and endpoints).
 #[derive(Debug, Clone)]
@@ -35,6 +44,10 @@ pub struct LinkSpec {
     pub connect_int: Duration,
     pub ping_int: Duration,
     pub ping_timeout: Duration,
+    /// `timeout`: how long one send may go without progress before `ko-count` counts down.
+    pub timeout: Duration,
+    /// `ko-count`; 0 never drops the connection for a blocked send.
+    pub ko_count: u32,
 }
 
 impl LinkSpec {
@@ -63,6 +76,9 @@ pub enum LinkEvent {
     Down {
         conn: u64,
         reason: String,
+        /// A send stayed blocked for `ko-count * timeout` (the connection goes through
+        /// `Timeout`); otherwise it broke or was closed.
+        timed_out: bool,
     },
 }
 
@@ -84,14 +100,41 @@ pub fn spawn(
     events: mpsc::UnboundedSender<LinkEvent>,
 ) -> mpsc::UnboundedSender<LinkControl> {
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(spec, events, ctl_rx));
+    match runtime() {
+        Some(rt) => drop(rt.spawn(run(spec, events, ctl_rx))),
+        None => drop(tokio::spawn(run(spec, events, ctl_rx))),
+    }
     ctl_tx
+}
+
+/// The links' own runtime, apart from the one that drives the engines, as DRBD's ack
+/// receiver is apart from its worker: a buffered write runs inline on its resource task (see
+/// `nbd_server::file`), and a backing store that hangs holds that runtime worker together with
+/// the task it last woke (tokio's LIFO slot is never stolen). Pings and acks must still flow
+/// then, so that the peer sees a live node with a slow disk (`ko-count`), not a dead link.
+/// `None` if it cannot be built (the links then share the caller's runtime).
+fn runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tandem-link")
+            .enable_all()
+            .build()
+            .inspect_err(|e| {
+                warn!("cannot start the peer links' runtime ({e}); sharing the resources' one")
+            })
+            .ok()
+    })
+    .as_ref()
 }
 
 /// Why one connection ended.
 enum Ended {
     /// Lost or closed; reconnect after `connect-int`.
     Reconnect(String),
+    /// A send was blocked for `ko-count * timeout`; reconnect after `connect-int`.
+    TimedOut(String),
     /// Closed on purpose; wait for [`LinkControl::Connect`].
     Pause(String),
     Stop,
@@ -157,12 +200,17 @@ async fn run(
         };
         let ended = serve(&spec, up, stream, rest, &events, &mut ctl).await;
         let reason = match &ended {
-            Ended::Reconnect(r) | Ended::Pause(r) => r.clone(),
+            Ended::Reconnect(r) | Ended::TimedOut(r) | Ended::Pause(r) => r.clone(),
             Ended::Stop => "stopped".into(),
         };
-        let _ = events.send(LinkEvent::Down { conn, reason });
+        let timed_out = matches!(ended, Ended::TimedOut(_));
+        let _ = events.send(LinkEvent::Down {
+            conn,
+            reason,
+            timed_out,
+        });
         match ended {
-            Ended::Reconnect(_) => {
+            Ended::Reconnect(_) | Ended::TimedOut(_) => {
                 tokio::select! {
                     _ = tokio::time::sleep(spec.connect_int) => {}
                     c = ctl.recv() => match c {
@@ -305,8 +353,9 @@ async fn serve(
     let conn = up.conn;
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<Packet>();
-    let (wdone_tx, mut wdone) = mpsc::channel::<String>(1);
-    let writer = tokio::spawn(write_loop(write, rx, wdone_tx));
+    let (wdone_tx, mut wdone) = mpsc::channel::<WriteEnd>(1);
+    let guard = SendGuard::new(spec);
+    let writer = tokio::spawn(write_loop(write, rx, wdone_tx, guard));
     if events
         .send(LinkEvent::Up {
             conn,
@@ -321,7 +370,7 @@ async fn serve(
     }
     let ended = read_loop(spec, conn, read, rest, &tx, events, ctl, &mut wdone).await;
     match ended {
-        Ended::Reconnect(_) | Ended::Stop => writer.abort(),
+        Ended::Reconnect(_) | Ended::TimedOut(_) | Ended::Stop => writer.abort(),
         Ended::Pause(_) => {
             // Let what the engine queued (e.g. P_DISCONNECT) go out first.
             drop(tx);
@@ -340,7 +389,7 @@ async fn read_loop(
     tx: &mpsc::UnboundedSender<Packet>,
     events: &mpsc::UnboundedSender<LinkEvent>,
     ctl: &mut mpsc::UnboundedReceiver<LinkControl>,
-    wdone: &mut mpsc::Receiver<String>,
+    wdone: &mut mpsc::Receiver<WriteEnd>,
 ) -> Ended {
     let mut decoder = Decoder::new();
     let mut last_heard = Instant::now();
@@ -402,7 +451,137 @@ async fn read_loop(
                 Some(LinkControl::Connect { .. }) => {}
                 Some(LinkControl::Stop) | None => return Ended::Stop,
             },
-            Some(e) = wdone.recv() => return Ended::Reconnect(e),
+            Some(e) = wdone.recv() => {
+                return if e.timed_out {
+                    Ended::TimedOut(e.reason)
+                } else {
+                    Ended::Reconnect(e.reason)
+                }
+            }
+        }
+    }
+}
+
+/// Why the writer stopped.
+#[derive(Debug)]
+struct WriteEnd {
+    reason: String,
+    timed_out: bool,
+}
+
+/// The write half of the socket, noting when it last took bytes: the send timeout counts
+/// time without progress, as a socket's send timeout does.
+struct Noting<W> {
+    inner: W,
+    guard: Arc<SendGuard>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Noting<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.guard.progressed();
+        }
+        r
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// `timeout` and `ko-count` for sends, and when the socket last took bytes.
+#[derive(Debug)]
+struct SendGuard {
+    resource: String,
+    timeout: Duration,
+    ko_count: u32,
+    base: Instant,
+    /// Nanoseconds after `base`.
+    last_progress: AtomicU64,
+}
+
+impl SendGuard {
+    fn new(spec: &LinkSpec) -> Arc<SendGuard> {
+        SendGuard::with(&spec.config.resource, spec.timeout, spec.ko_count)
+    }
+
+    fn with(resource: &str, timeout: Duration, ko_count: u32) -> Arc<SendGuard> {
+        Arc::new(SendGuard {
+            resource: resource.to_owned(),
+            timeout,
+            ko_count,
+            base: Instant::now(),
+            last_progress: AtomicU64::new(0),
+        })
+    }
+
+    fn progressed(&self) {
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_progress.store(nanos, Ordering::Relaxed);
+    }
+
+    fn last_progress(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_progress.load(Ordering::Relaxed))
+    }
+
+    /// Runs one send. Every `timeout` without progress counts `ko-count` down, starting from
+    /// `ko-count` for each send (`drbd_send` resets it); at 0 the send is abandoned.
+    async fn send<F>(&self, fut: F) -> Result<(), WriteEnd>
+    where
+        F: Future<Output = std::io::Result<()>>,
+    {
+        let failed = |e: std::io::Error| WriteEnd {
+            reason: format!("send error: {e}"),
+            timed_out: false,
+        };
+        tokio::pin!(fut);
+        if self.ko_count == 0 || self.timeout.is_zero() {
+            return fut.await.map_err(failed);
+        }
+        let mut ko = self.ko_count;
+        let mut since = Instant::now();
+        loop {
+            let from = since.max(self.last_progress());
+            tokio::select! {
+                r = &mut fut => return r.map_err(failed),
+                _ = tokio::time::sleep_until(from + self.timeout) => {
+                    if self.last_progress() > from {
+                        continue;
+                    }
+                    ko -= 1;
+                    if ko == 0 {
+                        return Err(WriteEnd {
+                            reason: format!(
+                                "sock_sendmsg time expired {} times ({:?} each, ko-count {})",
+                                self.ko_count, self.timeout, self.ko_count
+                            ),
+                            timed_out: true,
+                        });
+                    }
+                    error!(
+                        "{}: [tandemd/{}] sock_sendmsg time expired, ko = {ko}",
+                        self.resource,
+                        std::process::id()
+                    );
+                    since = Instant::now();
+                }
+            }
         }
     }
 }
@@ -411,28 +590,36 @@ async fn read_loop(
 async fn write_loop(
     write: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Packet>,
-    done: mpsc::Sender<String>,
+    done: mpsc::Sender<WriteEnd>,
+    guard: Arc<SendGuard>,
 ) {
-    let mut w = BufWriter::with_capacity(256 * 1024, write);
+    let noting = Noting {
+        inner: write,
+        guard: guard.clone(),
+    };
+    let mut w = BufWriter::with_capacity(256 * 1024, noting);
     while let Some(p) = rx.recv().await {
         let mut next = Some(p);
         while let Some(p) = next {
-            if let Err(e) = write_frame(&mut w, p).await {
-                let _ = done.send(format!("send error: {e}")).await;
+            if let Err(e) = guard.send(write_frame(&mut w, p)).await {
+                let _ = done.send(e).await;
                 return;
             }
             next = rx.try_recv().ok();
         }
-        if let Err(e) = w.flush().await {
-            let _ = done.send(format!("send error: {e}")).await;
+        if let Err(e) = guard.send(w.flush()).await {
+            let _ = done.send(e).await;
             return;
         }
     }
     let _ = w.flush().await;
-    let _ = w.into_inner().shutdown().await;
+    let _ = w.into_inner().inner.shutdown().await;
 }
 
-async fn write_frame(w: &mut BufWriter<OwnedWriteHalf>, p: Packet) -> std::io::Result<()> {
+async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut BufWriter<W>,
+    p: Packet,
+) -> std::io::Result<()> {
     let (head, payload) = encode_parts(&Frame {
         volume: 0,
         packet: p,
@@ -475,5 +662,47 @@ pub fn secret(
             Ok(Some((alg, s.as_bytes().to_vec())))
         }
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use repl_core::types::Sector;
+    use repl_core::wire::{DataFlags, DataKind};
+
+    #[tokio::test]
+    async fn a_send_blocked_for_ko_count_times_timeout_ends_the_connection_as_timed_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        // The peer takes the connection and never reads from it.
+        let (_peer, _) = listener.accept().await.expect("accept");
+        let (_read, write) = client.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, mut done) = mpsc::channel(1);
+        let guard = SendGuard::with("r0", Duration::from_millis(100), 3);
+        let writer = tokio::spawn(write_loop(write, rx, done_tx, guard));
+        let data = Bytes::from(vec![0x5a; 1 << 20]);
+        for id in 0..256 {
+            let _ = tx.send(Packet::Data {
+                id,
+                sector: Sector(0),
+                len: 1 << 20,
+                kind: DataKind::Write,
+                flags: DataFlags::default(),
+                epoch: 0,
+                digest: None,
+                data: data.clone(),
+            });
+        }
+        let end = timeout(Duration::from_secs(60), done.recv())
+            .await
+            .expect("the blocked send is given up")
+            .expect("the writer reports why it stopped");
+        assert!(end.timed_out, "{end:?}");
+        assert!(end.reason.contains("sock_sendmsg time expired"), "{end:?}");
+        writer.abort();
     }
 }

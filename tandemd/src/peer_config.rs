@@ -66,14 +66,23 @@ pub fn peer_setup(
         connect_int: Duration::from_secs(net.connect_int.max(1)),
         ping_int: Duration::from_secs(net.ping_int.max(1)),
         ping_timeout: Duration::from_millis(net.ping_timeout.max(1) * 100),
+        timeout: Duration::from_millis(net.timeout.saturating_mul(100)),
+        ko_count: clamp_u32(net.ko_count),
     };
     let netcfg = NetConfig {
         protocol,
         two_primaries: net.allow_two_primaries,
         integrity,
         resync_rate_kib: vol.disk_options.resync_rate.max(1),
+        timeout_ds: clamp_u32(net.timeout),
+        ko_count: clamp_u32(net.ko_count),
     };
     Ok(Some((netcfg, spec)))
+}
+
+/// A config number as the engine's `u32` (the parser keeps them within DRBD's ranges).
+fn clamp_u32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
 }
 
 /// An endpoint's `address` as a socket address.

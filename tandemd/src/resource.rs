@@ -11,8 +11,8 @@ use bytes::Bytes;
 use drbdadm_compat::control::ControlError;
 use nbd_server::file::FileDevice;
 use repl_core::engine::{
-    Command, CommandError, DiskResult, Engine, Event, OpId, Output, ReqId, Request, RequestError,
-    SubmitError,
+    CallId, Command, CommandError, DiskResult, Engine, Event, OpId, Output, ReqId, Request,
+    RequestError, SubmitError,
 };
 use repl_core::meta::MdFlags;
 use repl_core::state::{
@@ -280,6 +280,12 @@ pub struct Task {
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
     done_tx: mpsc::UnboundedSender<(OpId, DiskResult)>,
+    /// Exit statuses of the handlers the engine waits for, back from their tasks, with the
+    /// [`Task::engine_gen`] that asked.
+    handler_tx: mpsc::UnboundedSender<(u64, CallId, i32)>,
+    /// Counts engines (a re-`attach` installs a new one): a handler's status goes back only
+    /// to the engine that called it.
+    engine_gen: u64,
     pending: HashMap<ReqId, oneshot::Sender<io::Result<Option<Bytes>>>>,
     /// Callers of `down` waiting for the engine's `Down`.
     down_waiters: Vec<oneshot::Sender<Result<(), ControlError>>>,
@@ -348,6 +354,7 @@ pub fn spawn(
     let (io_tx, io_rx) = mpsc::channel(256);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (link_tx, link_rx) = mpsc::unbounded_channel();
+    let (handler_tx, handler_rx) = mpsc::unbounded_channel();
     let link = link.map(|spec| PeerLink {
         saved: spec.clone(),
         spec: Some(spec),
@@ -364,6 +371,8 @@ pub fn spawn(
         registry,
         board,
         done_tx,
+        handler_tx,
+        engine_gen: 0,
         pending: HashMap::new(),
         down_waiters: Vec::new(),
         attached: Some(attached),
@@ -383,7 +392,13 @@ pub fn spawn(
         reattached: false,
     };
     shared.publish_state(Some(task.engine.state()));
-    tokio::spawn(task.run(control_rx, io_rx, done_rx, link_rx));
+    tokio::spawn(task.run(Inputs {
+        control: control_rx,
+        io: io_rx,
+        done: done_rx,
+        link: link_rx,
+        handlers: handler_rx,
+    }));
     Handle {
         shared,
         control: control_tx,
@@ -391,22 +406,21 @@ pub fn spawn(
     }
 }
 
+/// What a resource task listens to.
+struct Inputs {
+    control: mpsc::Receiver<Control>,
+    io: mpsc::Receiver<Io>,
+    done: mpsc::UnboundedReceiver<(OpId, DiskResult)>,
+    link: mpsc::UnboundedReceiver<LinkEvent>,
+    /// Exit statuses of handlers the engine waits for.
+    handlers: mpsc::UnboundedReceiver<(u64, CallId, i32)>,
+}
+
 impl Task {
-    async fn run(
-        mut self,
-        mut control: mpsc::Receiver<Control>,
-        mut io: mpsc::Receiver<Io>,
-        mut done: mpsc::UnboundedReceiver<(OpId, DiskResult)>,
-        mut link: mpsc::UnboundedReceiver<LinkEvent>,
-    ) {
+    async fn run(mut self, mut inputs: Inputs) {
         loop {
-            self.serve(&mut control, &mut io, &mut done, &mut link)
-                .await;
-            if self.detached.is_none()
-                || !self
-                    .diskless(&mut control, &mut io, &mut done, &mut link)
-                    .await
-            {
+            self.serve(&mut inputs).await;
+            if self.detached.is_none() || !self.diskless(&mut inputs).await {
                 break;
             }
         }
@@ -414,6 +428,7 @@ impl Task {
             let _ = ctl.send(LinkControl::Stop);
         }
         // Requests that raced with the end get an error instead of silence.
+        let io = &mut inputs.io;
         io.close();
         while let Ok(r) = io.try_recv() {
             let _ = r.reply.send(Err(submit_error(SubmitError::Down)));
@@ -421,13 +436,7 @@ impl Task {
     }
 
     /// Drives the attached engine until it is down (or detached).
-    async fn serve(
-        &mut self,
-        control: &mut mpsc::Receiver<Control>,
-        io: &mut mpsc::Receiver<Io>,
-        done: &mut mpsc::UnboundedReceiver<(OpId, DiskResult)>,
-        link: &mut mpsc::UnboundedReceiver<LinkEvent>,
-    ) {
+    async fn serve(&mut self, inputs: &mut Inputs) {
         self.drain();
         let mut tick = tokio::time::interval(COUNTERS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -436,10 +445,19 @@ impl Task {
             tokio::select! {
                 // Completions first: they free what waiting requests need.
                 biased;
-                Some((op, result)) = done.recv() => self.engine.disk_done(op, result),
-                Some(ev) = link.recv() => self.link_event(ev),
-                Some(c) = control.recv() => self.control(c),
-                Some(r) = io.recv() => self.io(r),
+                Some((op, result)) = inputs.done.recv() => {
+                    let now = self.now();
+                    self.engine.disk_done(op, result, now);
+                }
+                Some(ev) = inputs.link.recv() => self.link_event(ev),
+                Some((gen, call, status)) = inputs.handlers.recv() => {
+                    if gen == self.engine_gen {
+                        let now = self.now();
+                        self.engine.handler_returned(call, status, now);
+                    }
+                }
+                Some(c) = inputs.control.recv() => self.control(c),
+                Some(r) = inputs.io.recv() => self.io(r),
                 _ = sleep_until_some(engine_tick), if engine_tick.is_some() => {
                     let now = self.now();
                     self.engine.tick(now);
@@ -453,13 +471,7 @@ impl Task {
     }
 
     /// Serves a Diskless resource (after `detach`) until `attach` (true) or `down` (false).
-    async fn diskless(
-        &mut self,
-        control: &mut mpsc::Receiver<Control>,
-        io: &mut mpsc::Receiver<Io>,
-        done: &mut mpsc::UnboundedReceiver<(OpId, DiskResult)>,
-        link: &mut mpsc::UnboundedReceiver<LinkEvent>,
-    ) -> bool {
+    async fn diskless(&mut self, inputs: &mut Inputs) -> bool {
         if !self.down_waiters.is_empty() {
             // A `down` that arrived while the detach ran.
             self.gone();
@@ -467,7 +479,7 @@ impl Task {
         }
         loop {
             tokio::select! {
-                Some(c) = control.recv() => match c {
+                Some(c) = inputs.control.recv() => match c {
                     Control::Status { reply } => {
                         let _ = reply.send(self.diskless_status());
                     }
@@ -500,12 +512,14 @@ impl Task {
                         let _ = reply.send(r);
                     }
                 },
-                Some(r) = io.recv() => {
+                Some(r) = inputs.io.recv() => {
                     let _ = r.reply.send(Err(submit_error(SubmitError::NotPrimary)));
                 }
-                // A stopped link's last events, and nothing else, can still arrive.
-                Some(_) = link.recv() => {}
-                Some(_) = done.recv() => {}
+                // A stopped link's last events, and nothing else, can still arrive; so can
+                // handlers of the engine that went.
+                Some(_) = inputs.link.recv() => {}
+                Some(_) = inputs.done.recv() => {}
+                Some(_) = inputs.handlers.recv() => {}
                 else => return false,
             }
         }
@@ -587,6 +601,7 @@ impl Task {
     fn install(&mut self, a: Attachment, reply: oneshot::Sender<Result<(), ControlError>>) {
         info!("{}: attaching a new disk", self.prefix());
         self.engine = a.engine;
+        self.engine_gen += 1;
         self.data = a.data;
         self.meta = a.meta;
         self.shared.size.store(a.size, SeqCst);
@@ -799,10 +814,18 @@ impl Task {
                     self.engine.receive(packet, now);
                 }
             }
-            LinkEvent::Down { conn, reason } => {
+            LinkEvent::Down {
+                conn,
+                reason,
+                timed_out,
+            } => {
                 if conn == link.conn && link.tx.take().is_some() {
                     warn!("{prefix}: connection lost: {reason}");
-                    self.engine.peer_lost();
+                    if timed_out {
+                        self.engine.peer_timed_out();
+                    } else {
+                        self.engine.peer_lost();
+                    }
                 }
             }
         }
@@ -946,7 +969,8 @@ impl Task {
     }
 
     fn io(&mut self, r: Io) {
-        match self.engine.submit(r.req) {
+        let now = self.now();
+        match self.engine.submit(r.req, now) {
             Ok(id) => {
                 self.pending.insert(id, r.reply);
             }
@@ -968,7 +992,10 @@ impl Task {
                     // pwrite/preadv2): complete them here instead of two task hops later.
                     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                     match io.as_mut().poll(&mut cx) {
-                        std::task::Poll::Ready(result) => self.engine.disk_done(op, result),
+                        std::task::Poll::Ready(result) => {
+                            let now = self.now();
+                            self.engine.disk_done(op, result, now);
+                        }
                         std::task::Poll::Pending => {
                             // Futures wake the waker of their latest poll: the task's.
                             let done = self.done_tx.clone();
@@ -1074,6 +1101,12 @@ impl Task {
                 self.prefix()
             ),
             Event::Handler(h) => self.handlers.run(h),
+            Event::HandlerCall { handler, call } => {
+                let (done, gen) = (self.handler_tx.clone(), self.engine_gen);
+                self.handlers.call(handler, move |status| {
+                    let _ = done.send((gen, call, status));
+                });
+            }
         }
     }
 }

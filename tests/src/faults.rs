@@ -1,7 +1,8 @@
 //! Backing storage that fails, for process-level disk-fault tests: a small tmpfs that fills
 //! up (writes fail with ENOSPC), a file whose reads and writes fail with EIO on demand
-//! (nbdkit's error filter on a file, shown as a regular file by nbdfuse), and a loop device
-//! over such a file (a block device whose write errors surface at writeback, i.e. at fsync).
+//! (nbdkit's error filter on a file, shown as a regular file by nbdfuse), a file whose
+//! requests hang on demand (nbdkit's pause filter), and a loop device over such a file (a
+//! block device whose write errors surface at writeback, i.e. at fsync).
 //! Every guard undoes its mount, device or process when dropped, also when a test fails.
 
 use std::path::{Path, PathBuf};
@@ -124,9 +125,7 @@ pub struct ErrorDisk {
     /// The file nbdkit serves; what was written through [`ErrorDisk::file`] ends up here.
     pub image: PathBuf,
     trigger: PathBuf,
-    mountpoint: PathBuf,
-    fuse: Proc,
-    dir: tempfile::TempDir,
+    fuse: FuseFile,
 }
 
 impl ErrorDisk {
@@ -139,44 +138,23 @@ impl ErrorDisk {
         let image = dir.path().join("image");
         sparse_file(&image, len);
         seed(&image);
-        let mountpoint = dir.path().join("fuse");
-        std::fs::create_dir(&mountpoint).expect("mkdir");
         let trigger = dir.path().join("fail-now");
-        let pidfile = dir.path().join("nbdfuse.pid");
-        let file = mountpoint.join("disk");
-        let log = std::fs::File::create(dir.path().join("nbdfuse.log")).expect("log");
-        // nbdfuse starts nbdkit itself (socket activation) and ends it when unmounted.
-        let child = Command::new("nbdfuse")
-            .arg("-P")
-            .arg(&pidfile)
-            .arg(&file)
-            .args(["[", "nbdkit", "--filter=error", "file"])
-            .arg(&image)
-            .args(["error=EIO", "error-rate=100%"])
-            .arg(format!("error-file={}", trigger.display()))
-            .arg("]")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("nbdfuse");
-        let fuse = Proc {
-            child,
-            name: "nbdfuse".into(),
-        };
-        let disk = ErrorDisk {
-            file,
+        let fuse = FuseFile::start(
+            dir,
+            &["--filter=error", "file"],
+            &[
+                "error=EIO".into(),
+                "error-rate=100%".into(),
+                format!("error-file={}", trigger.display()),
+            ],
+            &image,
+        );
+        ErrorDisk {
+            file: fuse.file.clone(),
             image,
             trigger,
-            mountpoint,
             fuse,
-            dir,
-        };
-        assert!(
-            wait_for_path(&pidfile, Duration::from_secs(30)),
-            "nbdfuse did not become ready: {}",
-            disk.log()
-        );
-        disk
+        }
     }
 
     /// From now on every read and write fails with EIO.
@@ -191,11 +169,153 @@ impl ErrorDisk {
 
     /// What nbdfuse and nbdkit printed.
     pub fn log(&self) -> String {
+        self.fuse.log()
+    }
+}
+
+/// A file whose reads and writes hang on demand while its process and everything else stay
+/// alive: `nbdkit --filter=pause file IMAGE pause-control=SOCKET`, mounted as the regular
+/// file [`HangingDisk::file`] by nbdfuse. Unmounted on drop; [`HangingDisk::resume_on_drop`]
+/// gives a guard to drop before the daemons that use it are killed (a process waiting on a
+/// FUSE request that reached its server cannot die until it is answered).
+pub struct HangingDisk {
+    /// The FUSE file to use as a backing store.
+    pub file: PathBuf,
+    control: PathBuf,
+    fuse: FuseFile,
+}
+
+impl HangingDisk {
+    /// Serves `len` bytes of a sparse image.
+    pub fn start(len: u64) -> HangingDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-hang-")
+            .tempdir()
+            .expect("tempdir");
+        let image = dir.path().join("image");
+        sparse_file(&image, len);
+        let control = dir.path().join("pause.sock");
+        let fuse = FuseFile::start(
+            dir,
+            &["--filter=pause", "file"],
+            &[format!("pause-control={}", control.display())],
+            &image,
+        );
+        assert!(
+            wait_for_path(&control, Duration::from_secs(30)),
+            "nbdkit's pause control socket did not appear: {}",
+            fuse.log()
+        );
+        HangingDisk {
+            file: fuse.file.clone(),
+            control,
+            fuse,
+        }
+    }
+
+    /// From now on every request hangs (after those in flight finished).
+    pub fn hang(&self) {
+        self.command(b'p');
+    }
+
+    /// Requests are served again, the held ones first.
+    pub fn resume(&self) {
+        self.command(b'r');
+    }
+
+    /// A guard that resumes the disk when dropped.
+    pub fn resume_on_drop(&self) -> Resume<'_> {
+        Resume(self)
+    }
+
+    /// Sends a command to the pause filter and waits for its echo in upper case.
+    fn command(&self, c: u8) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.control)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.control.display()));
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        s.write_all(&[c]).expect("pause control");
+        let mut echo = [0u8; 1];
+        s.read_exact(&mut echo).expect("pause control echo");
+        assert_eq!(echo[0], c.to_ascii_uppercase(), "pause control answered");
+    }
+
+    /// What nbdfuse and nbdkit printed.
+    pub fn log(&self) -> String {
+        self.fuse.log()
+    }
+}
+
+/// Resumes a [`HangingDisk`] when dropped.
+pub struct Resume<'a>(&'a HangingDisk);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.resume()));
+    }
+}
+
+/// nbdfuse showing an nbdkit export as a regular file; unmounted (which ends both processes)
+/// on drop.
+struct FuseFile {
+    file: PathBuf,
+    mountpoint: PathBuf,
+    fuse: Proc,
+    dir: tempfile::TempDir,
+}
+
+impl FuseFile {
+    /// Starts `nbdkit FILTER_AND_PLUGIN image PARAMS` under nbdfuse, in `dir`.
+    fn start(
+        dir: tempfile::TempDir,
+        filter_and_plugin: &[&str],
+        params: &[String],
+        image: &Path,
+    ) -> FuseFile {
+        let mountpoint = dir.path().join("fuse");
+        std::fs::create_dir(&mountpoint).expect("mkdir");
+        let pidfile = dir.path().join("nbdfuse.pid");
+        let file = mountpoint.join("disk");
+        let log = std::fs::File::create(dir.path().join("nbdfuse.log")).expect("log");
+        // nbdfuse starts nbdkit itself (socket activation) and ends it when unmounted.
+        let child = Command::new("nbdfuse")
+            .arg("-P")
+            .arg(&pidfile)
+            .arg(&file)
+            .args(["[", "nbdkit"])
+            .args(filter_and_plugin)
+            .arg(image)
+            .args(params)
+            .arg("]")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nbdfuse");
+        let fuse = Proc {
+            child,
+            name: "nbdfuse".into(),
+        };
+        let f = FuseFile {
+            file,
+            mountpoint,
+            fuse,
+            dir,
+        };
+        assert!(
+            wait_for_path(&pidfile, Duration::from_secs(30)),
+            "nbdfuse did not become ready: {}",
+            f.log()
+        );
+        f
+    }
+
+    fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("nbdfuse.log")).unwrap_or_default()
     }
 }
 
-impl Drop for ErrorDisk {
+impl Drop for FuseFile {
     fn drop(&mut self) {
         eprintln!("cleanup: fusermount3 -u {}", self.mountpoint.display());
         let ok = Command::new("fusermount3")

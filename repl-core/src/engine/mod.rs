@@ -13,12 +13,13 @@
 mod io;
 mod peer;
 mod resync;
+mod timer;
 
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-pub use peer::{Handler, LinkParams, NetConfig};
+pub use peer::{CallId, Handler, LinkParams, NetConfig};
 pub use resync::ResyncStatus;
 
 pub use io::{
@@ -35,6 +36,7 @@ use crate::state::{
     FORCED_SPLIT_BRAIN, FORCED_UP_TO_DATE,
 };
 use crate::status::{Counters, Status};
+use crate::time::Instant;
 use crate::types::Sector;
 use crate::uuid::GenerationUuids;
 
@@ -151,6 +153,13 @@ pub enum Event {
     Down,
     /// Run this handler script from the `handlers` section (DRBD's names).
     Handler(Handler),
+    /// Run this handler and report its exit status with [`Engine::handler_returned`]: the
+    /// engine waits for it before going on (`before-resync-target`, `before-resync-source`).
+    /// No handler configured counts as exit status 0, as with drbdadm.
+    HandlerCall {
+        handler: Handler,
+        call: CallId,
+    },
     /// The disk was detached after an I/O error (`on-io-error detach`); the daemon may close
     /// the backing device.
     Detached,
@@ -283,14 +292,20 @@ pub struct Engine {
     /// The disk went Inconsistent and the superblock saying so is not durable yet: the peer
     /// is not told until it is (After::AnnounceDisk).
     announce_pending: bool,
-    /// The latest time an input carried (for decisions taken on a disk completion).
-    last_now: crate::time::Instant,
     peer_wait: VecDeque<u64>,
     next_peer_write: u64,
     /// The node was Primary when it crashed (`CRASHED_PRIMARY`), until a resync ends.
     crashed_primary: bool,
     /// `Event::Down` went out for a disk that was already gone.
     down_reported: bool,
+    /// The latest time an input carried: when something goes out to the peer.
+    clock: Instant,
+    /// Requests sent to the peer, in sending order, with when they went: the request timer
+    /// looks at the oldest still waiting for the peer (entries that no longer wait are
+    /// skipped and pruned).
+    net_log: VecDeque<(Instant, ReqId)>,
+    /// Numbers handler calls whose exit status the engine waits for.
+    next_call: u64,
     #[cfg(feature = "sim-bugs")]
     bug: Option<Bug>,
 }
@@ -397,11 +412,13 @@ impl Engine {
             next_bitmap_mark: 0,
             bitmap_marks_durable: 0,
             announce_pending: false,
-            last_now: crate::time::Instant::default(),
             peer_wait: VecDeque::new(),
             next_peer_write: 0,
             crashed_primary,
             down_reported: false,
+            clock: Instant::default(),
+            net_log: VecDeque::new(),
+            next_call: 0,
             #[cfg(feature = "sim-bugs")]
             bug: None,
         };
@@ -460,11 +477,12 @@ impl Engine {
         self.bitmap.count()
     }
 
-    /// Accepts a block-layer request; its [`Output::Complete`] follows later.
+    /// Accepts a block-layer request at `now`; its [`Output::Complete`] follows later.
     ///
     /// # Errors
     /// The node is not Primary, has no usable data, is going down, or the range is bad.
-    pub fn submit(&mut self, request: Request) -> Result<ReqId, SubmitError> {
+    pub fn submit(&mut self, request: Request, now: Instant) -> Result<ReqId, SubmitError> {
+        self.advance(now);
         if self.going_down {
             return Err(SubmitError::Down);
         }
@@ -502,8 +520,26 @@ impl Engine {
         Ok(req)
     }
 
-    /// Reports a disk operation's result.
-    pub fn disk_done(&mut self, op: OpId, result: DiskResult) {
+    /// When the engine wants [`Engine::tick`] called next: the resync target's next planning
+    /// step, or the moment the oldest request sent to the peer exceeds `ko-count * timeout`.
+    pub fn next_tick(&self) -> Option<Instant> {
+        match (self.next_resync_tick(), self.request_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Time passes: the resync target plans its next requests, and the request timer checks
+    /// that the peer answers in time (dropping the connection when it did not).
+    pub fn tick(&mut self, now: Instant) {
+        self.advance(now);
+        self.resync_tick(now);
+        self.request_timer(now);
+    }
+
+    /// Reports a disk operation's result, at `now`.
+    pub fn disk_done(&mut self, op: OpId, result: DiskResult, now: Instant) {
+        self.advance(now);
         match self.ops.remove(&op) {
             Some(OpFor::Request(req)) => self.request_done(req, result),
             Some(OpFor::Meta(after)) => self.meta_done(after, result),
@@ -639,6 +675,11 @@ impl Engine {
 
     fn log(&mut self, line: String) {
         self.out.push_back(Output::Event(Event::Log(line)));
+    }
+
+    /// Time as an input tells it; it never goes back.
+    fn advance(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
     }
 
     fn set_state(&mut self, new: NodeState) {
@@ -883,6 +924,7 @@ impl Engine {
         let Some(p) = self.requests.remove(&req) else {
             return;
         };
+        self.prune_net_log();
         let local_ok = matches!(p.local, Some(Ok(_)));
         if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
             if !local_ok || p.net == peer::Net::Failed {

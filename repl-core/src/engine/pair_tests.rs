@@ -1,11 +1,11 @@
 //! Two engines joined by an in-memory link: the handshake, mirrored writes, resync and link
 //! loss, scripted. `repl-sim` runs the same wiring under seeded faults.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use super::*;
-use crate::engine::{LinkParams, NetConfig};
+use crate::engine::{CallId, LinkParams, NetConfig};
 use crate::time::Instant;
 use crate::types::Uuid;
 use crate::uuid::GenerationUuids;
@@ -29,6 +29,10 @@ struct Node {
     held: Vec<(OpId, DiskOp)>,
     /// Data writes fail (a dying disk).
     fail_writes: bool,
+    /// Exit statuses of the handlers the engine waits for; a handler not listed is held in
+    /// `held_calls` until the test answers it.
+    handler_exit: HashMap<Handler, i32>,
+    held_calls: Vec<(Handler, CallId)>,
 }
 
 impl Node {
@@ -49,6 +53,13 @@ impl Node {
     fn completed(&self, req: ReqId) -> bool {
         self.completions.iter().any(|(r, _)| *r == req)
     }
+
+    /// Whether the engine asked for this handler and waited for it.
+    fn called(&self, h: Handler) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, Event::HandlerCall { handler, .. } if *handler == h))
+    }
 }
 
 struct Pair {
@@ -60,12 +71,16 @@ struct Pair {
     protocol: Protocol,
 }
 
+/// The pair's `net` options. The request timer is off (`ko-count 0`): `settle` jumps to the
+/// next timer, and tests that hold a disk would otherwise see the connection time out.
 fn net_config(protocol: Protocol) -> NetConfig {
     NetConfig {
         protocol,
         two_primaries: false,
         integrity: Some(IntegrityAlg::Crc32c),
         resync_rate_kib: 1 << 20,
+        timeout_ds: 60,
+        ko_count: 0,
     }
 }
 
@@ -93,6 +108,11 @@ impl Pair {
                 hold_disk: false,
                 held: vec![],
                 fail_writes: false,
+                handler_exit: HashMap::from([
+                    (Handler::BeforeResyncTarget, 0),
+                    (Handler::BeforeResyncSource, 0),
+                ]),
+                held_calls: vec![],
             }
         };
         Pair {
@@ -138,6 +158,7 @@ impl Pair {
     /// Drains every node's outputs once and delivers one packet each way.
     fn step(&mut self) -> bool {
         let mut busy = false;
+        let now = self.now;
         for i in 0..2 {
             while let Some(o) = self.n[i].e.poll_output() {
                 busy = true;
@@ -146,14 +167,22 @@ impl Pair {
                         if self.n[i].hold_disk {
                             self.n[i].held.push((op, kind));
                         } else if self.n[i].fail_writes && matches!(kind, DiskOp::Write { .. }) {
-                            self.n[i].e.disk_done(op, DiskResult::Failed);
+                            self.n[i].e.disk_done(op, DiskResult::Failed, now);
                         } else {
                             let r = self.n[i].d.perform(&kind);
-                            self.n[i].e.disk_done(op, r);
+                            self.n[i].e.disk_done(op, r, now);
                         }
                     }
                     Output::Complete { req, result } => self.n[i].completions.push((req, result)),
-                    Output::Event(ev) => self.n[i].events.push(ev),
+                    Output::Event(ev) => {
+                        if let Event::HandlerCall { handler, call } = ev {
+                            match self.n[i].handler_exit.get(&handler) {
+                                Some(&status) => self.n[i].e.handler_returned(call, status, now),
+                                None => self.n[i].held_calls.push((handler, call)),
+                            }
+                        }
+                        self.n[i].events.push(ev);
+                    }
                     Output::Send(p) => {
                         if self.open[i] {
                             self.wire[i].push_back(OnWire::Packet(p));
@@ -212,7 +241,8 @@ impl Pair {
     }
 
     fn submit(&mut self, i: usize, r: Request) -> ReqId {
-        let req = self.n[i].e.submit(r).unwrap();
+        let now = self.now;
+        let req = self.n[i].e.submit(r, now).unwrap();
         self.settle();
         req
     }
@@ -275,9 +305,8 @@ fn fresh_pair_connects_inconsistent_then_force_primary_syncs_everything() {
     assert!(p.n[1].logged("Began resync as SyncTarget (will sync"));
     assert!(p.n[0].logged("Began resync as SyncSource"));
     assert!(p.n[1].logged("Resync done"));
-    assert!(p.n[1]
-        .events
-        .contains(&Event::Handler(Handler::BeforeResyncTarget)));
+    assert!(p.n[1].called(Handler::BeforeResyncTarget));
+    assert!(p.n[0].called(Handler::BeforeResyncSource));
     assert!(p.n[1]
         .events
         .contains(&Event::Handler(Handler::AfterResyncTarget)));
@@ -307,7 +336,7 @@ fn protocol_c_completes_only_after_the_peer_wrote() {
     p.n[1].hold_disk = false;
     for (op, kind) in held {
         let r = p.n[1].d.perform(&kind);
-        p.n[1].e.disk_done(op, r);
+        p.n[1].e.disk_done(op, r, p.now);
     }
     p.settle();
     assert!(p.n[0].completed(req));
@@ -352,7 +381,7 @@ fn flush_waits_for_the_peer_flush() {
     p.n[1].hold_disk = false;
     for (op, kind) in held {
         let r = p.n[1].d.perform(&kind);
-        p.n[1].e.disk_done(op, r);
+        p.n[1].e.disk_done(op, r, p.now);
     }
     p.settle();
     assert!(p.n[0].completed(req));
@@ -558,7 +587,7 @@ fn writes_during_resync_win_over_older_resync_data() {
     for i in 0..200u64 {
         while p.step() {}
         let at = (i * 7919 % 1000) * 65536;
-        let req = p.n[0].e.submit(write(at, i as u8, 8192)).unwrap();
+        let req = p.n[0].e.submit(write(at, i as u8, 8192), p.now).unwrap();
         while p.step() {}
         assert!(p.n[0].completed(req));
         if let Some(t) = p.n[1].e.next_tick() {
@@ -670,10 +699,13 @@ fn a_primary_sync_target_reads_out_of_sync_blocks_from_the_source() {
     while p.step() {}
     let req = p.n[1]
         .e
-        .submit(Request::Read {
-            offset: 65536,
-            len: 4096,
-        })
+        .submit(
+            Request::Read {
+                offset: 65536,
+                len: 4096,
+            },
+            p.now,
+        )
         .unwrap();
     while p.step() {}
     assert_eq!(
@@ -700,7 +732,7 @@ fn fresh_nodes_of_different_sizes_agree_on_the_smaller() {
         .unwrap();
     p.settle();
     assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
-    let out_of_range = p.n[0].e.submit(write(small, 1, 4096));
+    let out_of_range = p.n[0].e.submit(write(small, 1, 4096), p.now);
     assert!(matches!(out_of_range, Err(SubmitError::OutOfRange { .. })));
 }
 
@@ -762,7 +794,7 @@ fn down_lets_mirrored_writes_finish_before_it_demotes_and_disconnects() {
     p.n[1].hold_disk = false;
     for (op, kind) in held {
         let r = p.n[1].d.perform(&kind);
-        p.n[1].e.disk_done(op, r);
+        p.n[1].e.disk_done(op, r, p.now);
     }
     p.settle();
     assert!(p.n[0].completions.contains(&(req, Ok(None))));
@@ -791,16 +823,218 @@ fn promotion_during_the_handshake_is_refused_as_transient() {
 }
 
 impl Pair {
-    /// Performs node `i`'s held disk operations and lets it run its disk freely again.
+    /// Turns on the request timer on both nodes (`timeout` 6 s, this `ko-count`).
+    fn ko_count(&mut self, ko: u32) {
+        for n in &mut self.n {
+            if let Some(net) = n.e.cfg.net.as_mut() {
+                net.timeout_ds = 60;
+                net.ko_count = ko;
+            }
+        }
+    }
+
+    /// Node `i` lets its held disk operations finish and stops holding.
     fn release_disk(&mut self, i: usize) {
         self.n[i].hold_disk = false;
         for (op, kind) in std::mem::take(&mut self.n[i].held) {
             let r = self.n[i].d.perform(&kind);
-            self.n[i].e.disk_done(op, r);
+            let now = self.now;
+            self.n[i].e.disk_done(op, r, now);
         }
-        self.settle();
     }
 
+    /// Node `i`'s clock reads `at`: it ticks, and what follows is delivered.
+    fn tick_at(&mut self, i: usize, at: Instant) {
+        self.now = at;
+        self.n[i].e.tick(at);
+        while self.step() {}
+    }
+
+    /// Whether node `i` passed through this connection state.
+    fn went_through(&self, i: usize, conn: ConnState) -> bool {
+        self.n[i]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::StateChanged { new, .. } if new.conn == conn))
+    }
+}
+
+#[test]
+fn a_peer_that_never_acks_a_write_is_dropped_after_ko_count_times_timeout() {
+    let mut p = Pair::synced(Protocol::C);
+    p.ko_count(7);
+    // The Secondary's disk hangs: the write never completes there, so it is never acked.
+    p.n[1].hold_disk = true;
+    let t0 = p.now;
+    let req = p.n[0].e.submit(write(1 << 20, 9, 4096), t0).unwrap();
+    while p.step() {}
+    let et = Duration::from_secs(42);
+    assert_eq!(p.n[0].e.next_tick(), Some(t0 + et));
+    p.tick_at(0, t0 + (et - Duration::from_millis(1)));
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert!(!p.n[0].completed(req), "protocol C waits for the peer");
+    let before = p.n[0].e.uuids();
+    p.tick_at(0, t0 + et);
+    assert!(
+        p.n[0].logged(
+            "Remote failed to finish a request within 42000ms > ko-count (7) * timeout (60 * 0.1s)"
+        ),
+        "{:?}",
+        p.n[0].logs()
+    );
+    assert!(p.went_through(0, ConnState::Timeout));
+    assert_eq!(
+        p.conns(),
+        (ConnState::WFConnection, ConnState::WFConnection)
+    );
+    // Degraded, as after any lost connection: the write completes on the local disk, its
+    // blocks are out of sync, and a new generation begins.
+    assert!(p.n[0].completions.contains(&(req, Ok(None))));
+    assert_eq!(p.n[0].e.out_of_sync_blocks(), 1);
+    assert_ne!(p.n[0].e.uuids().current, before.current);
+    let w = p.submit(0, write(2 << 20, 7, 4096));
+    assert!(p.n[0].completions.contains(&(w, Ok(None))));
+    // The disk comes back (its late write belongs to the old connection); the nodes
+    // reconnect and resync.
+    p.release_disk(1);
+    p.settle();
+    p.connect();
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    assert_eq!(p.n[0].e.out_of_sync_blocks(), 0);
+    p.assert_identical();
+    // What the timer remembers of sent requests goes with them.
+    for k in 0..64 {
+        p.submit(0, write(k * 8192, 1, 4096));
+    }
+    assert!(p.n[0].e.net_log.is_empty(), "{:?}", p.n[0].e.net_log);
+}
+
+#[test]
+fn a_peer_that_never_acks_a_barrier_is_dropped_under_protocol_a() {
+    let mut p = Pair::synced(Protocol::A);
+    p.ko_count(2);
+    p.n[1].hold_disk = true;
+    let t0 = p.now;
+    let req = p.n[0].e.submit(write(1 << 20, 9, 4096), t0).unwrap();
+    while p.step() {}
+    assert!(
+        p.n[0].completed(req),
+        "protocol A completes on the local write"
+    );
+    let et = Duration::from_secs(12);
+    p.tick_at(0, t0 + (et - Duration::from_millis(1)));
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    p.tick_at(0, t0 + et);
+    assert!(
+        p.n[0].logged("Remote failed to answer a P_BARRIER"),
+        "{:?}",
+        p.n[0].logs()
+    );
+    assert!(p.went_through(0, ConnState::Timeout));
+    assert_eq!(
+        p.n[0].e.out_of_sync_blocks(),
+        1,
+        "the peer never confirmed it"
+    );
+}
+
+#[test]
+fn ko_count_0_never_drops_the_connection() {
+    let mut p = Pair::synced(Protocol::C);
+    p.ko_count(0);
+    p.n[1].hold_disk = true;
+    let t0 = p.now;
+    let req = p.n[0].e.submit(write(1 << 20, 9, 4096), t0).unwrap();
+    while p.step() {}
+    assert_eq!(p.n[0].e.next_tick(), None);
+    p.tick_at(0, t0 + Duration::from_secs(3600));
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert!(!p.n[0].completed(req));
+    p.release_disk(1);
+    p.settle();
+    assert!(p.n[0].completions.contains(&(req, Ok(None))));
+}
+
+#[test]
+fn the_sync_target_waits_for_before_resync_target_while_packets_flow() {
+    let mut p = Pair::new(Protocol::C);
+    p.n[1].handler_exit.remove(&Handler::BeforeResyncTarget);
+    p.connect();
+    p.n[0]
+        .e
+        .command(Command::Primary { force: true }, false)
+        .unwrap();
+    p.settle();
+    assert_eq!(p.conns(), (ConnState::SyncSource, ConnState::WFSyncUUID));
+    let [(Handler::BeforeResyncTarget, call)] = p.n[1].held_calls[..] else {
+        panic!("{:?}", p.n[1].held_calls);
+    };
+    assert!(!p.n[1].logged("Began resync"));
+    // Writes are mirrored and acked meanwhile.
+    let w = p.submit(0, write(4096, 0x44, 4096));
+    assert!(p.n[0].completions.contains(&(w, Ok(None))));
+    assert_eq!(p.n[1].d.get(4096, 4096), &[0x44; 4096][..]);
+    // A stale answer (another call) changes nothing.
+    p.n[1].e.handler_returned(CallId(call.0 + 1000), 0, p.now);
+    p.settle();
+    assert_eq!(p.conns(), (ConnState::SyncSource, ConnState::WFSyncUUID));
+    p.n[1].e.handler_returned(call, 0, p.now);
+    p.settle();
+    assert!(p.n[1].logged("Began resync as SyncTarget"));
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}
+
+#[test]
+fn a_failing_before_resync_target_drops_the_connection_for_good() {
+    let mut p = Pair::new(Protocol::C);
+    p.n[1].handler_exit.insert(Handler::BeforeResyncTarget, 1);
+    p.connect();
+    p.n[0]
+        .e
+        .command(Command::Primary { force: true }, false)
+        .unwrap();
+    p.settle();
+    assert!(
+        p.n[1].logged("before-resync-target handler returned 1, dropping connection."),
+        "{:?}",
+        p.n[1].logs()
+    );
+    assert!(p.went_through(1, ConnState::Disconnecting));
+    assert!(!p.n[1].logged("Began resync"));
+    assert_eq!(p.conns(), (ConnState::WFConnection, ConnState::StandAlone));
+    assert!(!p.n[1].e.wants_link(), "no automatic reconnect");
+}
+
+#[test]
+fn before_resync_source_exit_3_is_ignored_and_other_failures_drop() {
+    let mut p = Pair::new(Protocol::C);
+    p.n[0].handler_exit.insert(Handler::BeforeResyncSource, 3);
+    p.connect();
+    p.n[0]
+        .e
+        .command(Command::Primary { force: true }, false)
+        .unwrap();
+    p.settle();
+    assert!(p.n[0].logged("before-resync-source handler returned 3, ignoring. Old userland tools?"));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+
+    let mut p = Pair::new(Protocol::C);
+    p.n[0].handler_exit.insert(Handler::BeforeResyncSource, 5);
+    p.connect();
+    p.n[0]
+        .e
+        .command(Command::Primary { force: true }, false)
+        .unwrap();
+    p.settle();
+    assert!(p.n[0].logged("before-resync-source handler returned 5, dropping connection."));
+    assert_eq!(p.conns(), (ConnState::StandAlone, ConnState::WFConnection));
+    assert_eq!(p.n[1].e.state().disk, DiskState::Inconsistent);
+}
+
+impl Pair {
     /// Node 0 (Primary) writes 1 MiB while the link is down, then reconnects with node 1's
     /// disk held, so that the resync stays under way.
     fn resync_under_way() -> Pair {
@@ -834,6 +1068,7 @@ fn an_invalidate_reaches_the_peer_once_its_superblock_is_durable() {
     );
     assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
     p.release_disk(1);
+    p.settle();
     assert!(p.n[1].logged("Began resync as SyncTarget"));
     assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
     p.assert_identical();
@@ -845,6 +1080,7 @@ fn a_sync_source_that_loses_its_target_starts_a_generation_and_resumes_from_the_
     let before = p.n[0].e.uuids();
     p.cut();
     p.release_disk(1);
+    p.settle();
     let after = p.n[0].e.uuids();
     assert_ne!(after.current.masked(), before.current.masked());
     assert_eq!(after.bitmap, before.bitmap, "the sync UUID stays");
@@ -878,6 +1114,7 @@ fn a_peer_disk_that_fails_mid_resync_ends_the_resync() {
         )
     );
     p.release_disk(1);
+    p.settle();
     assert!(p.n[1].e.out_of_sync_blocks() > 0, "the bits stay");
     assert_eq!(p.n[1].e.state().conn, ConnState::Connected);
 }
@@ -889,7 +1126,7 @@ fn writes_for_a_diskless_peer_wait_for_the_bitmap_that_records_them() {
     p.submit(0, write(0, 0x11, 4096));
     assert_eq!(p.n[1].e.state().pdsk, DiskState::Diskless);
     p.n[1].hold_disk = true;
-    p.n[0].e.submit(write(1 << 20, 0x66, 4096)).unwrap();
+    p.n[0].e.submit(write(1 << 20, 0x66, 4096), p.now).unwrap();
     p.settle();
     let held: Vec<&DiskOp> = p.n[1].held.iter().map(|(_, k)| k).collect();
     assert!(
@@ -901,5 +1138,6 @@ fn writes_for_a_diskless_peer_wait_for_the_bitmap_that_records_them() {
         "the data waits for it: {held:?}"
     );
     p.release_disk(1);
+    p.settle();
     assert_eq!(p.n[1].d.get(1 << 20, 4096), &[0x66; 4096][..]);
 }

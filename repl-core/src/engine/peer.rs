@@ -32,6 +32,20 @@ pub struct NetConfig {
     pub integrity: Option<IntegrityAlg>,
     /// `resync-rate` in KiB/s (`c-plan-ahead 0` semantics: a fixed rate).
     pub resync_rate_kib: u64,
+    /// `timeout`: how long the peer may take to answer, in 0.1 s units (DRBD's unit, kept
+    /// for its log lines).
+    pub timeout_ds: u32,
+    /// `ko-count`: a request the peer has not answered within `ko-count * timeout` drops the
+    /// connection (`request_timer_fn`); 0 disables the check.
+    pub ko_count: u32,
+}
+
+impl NetConfig {
+    /// `ko-count * timeout`, or `None` when either is 0 (the request timer is off).
+    pub fn effective_timeout(&self) -> Option<std::time::Duration> {
+        let ds = u64::from(self.timeout_ds) * u64::from(self.ko_count);
+        (ds > 0).then(|| std::time::Duration::from_millis(ds * 100))
+    }
 }
 
 /// What the link agreed on, handed to [`Engine::peer_connected`].
@@ -47,11 +61,12 @@ pub struct LinkParams {
 }
 
 /// Handler scripts of the `handlers` section the engine asks the daemon to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Handler {
     InitialSplitBrain,
     SplitBrain,
     BeforeResyncTarget,
+    BeforeResyncSource,
     AfterResyncTarget,
     LocalIoError,
 }
@@ -63,11 +78,16 @@ impl Handler {
             Handler::InitialSplitBrain => "initial-split-brain",
             Handler::SplitBrain => "split-brain",
             Handler::BeforeResyncTarget => "before-resync-target",
+            Handler::BeforeResyncSource => "before-resync-source",
             Handler::AfterResyncTarget => "after-resync-target",
             Handler::LocalIoError => "local-io-error",
         }
     }
 }
+
+/// Identifies a handler call until [`Engine::handler_returned`] reports its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallId(pub u64);
 
 /// Where a request's network part stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +139,9 @@ pub(super) enum Phase {
     Bitmaps { source: bool },
     /// The target waits for the source's sync UUID.
     WaitSyncUuid,
+    /// `before-resync-target` or `before-resync-source` runs; the resync starts when it
+    /// returned 0 (`drbd_start_resync`).
+    BeforeResync { source: bool, call: CallId },
     /// Connected, syncing or not.
     Running,
 }
@@ -156,6 +179,11 @@ pub(super) struct Peer {
     /// The bitmap count in our last `P_UUIDS`: both sides judge leftover bits from the same
     /// two numbers.
     pub sent_bits: u64,
+    /// When the last `P_BARRIER` went out (`last_sent_barrier_jif`).
+    pub barrier_sent_at: Option<crate::time::Instant>,
+    /// The request whose epoch has not been closed for `ko-count * timeout` already got its
+    /// warning.
+    pub unsent_barrier_warned: Option<ReqId>,
 }
 
 /// An epoch of writes received from the Primary.
@@ -305,6 +333,8 @@ impl Engine {
             resync: None,
             sent_bits: 0,
             deferred_reads: Vec::new(),
+            barrier_sent_at: None,
+            unsent_barrier_warned: None,
         });
         self.force_state(|s| s.conn = ConnState::WFReportParams);
         let backing = if self.state.disk > DiskState::Diskless {
@@ -337,7 +367,7 @@ impl Engine {
             .as_ref()
             .is_some_and(|p| p.phase == Phase::ReportParams)
         {
-            self.maybe_handshake(self.last_now);
+            self.maybe_handshake();
         }
     }
 
@@ -364,7 +394,7 @@ impl Engine {
 
     /// Ends a connection for good (split brain, unrelated data, a refused size): StandAlone
     /// until the operator connects again.
-    fn abort_connection(&mut self, why: &str) {
+    pub(super) fn abort_connection(&mut self, why: &str) {
         self.log(why.to_owned());
         self.out.push_back(Output::Disconnect { reconnect: false });
         self.link_lost(ConnState::Disconnecting);
@@ -374,10 +404,11 @@ impl Engine {
     /// Forgets the connection: whatever the peer did not confirm is out of sync, requests
     /// waiting for the peer complete on their local result, a Primary that loses its peer's
     /// data starts a new generation.
-    fn link_lost(&mut self, via: ConnState) {
+    pub(super) fn link_lost(&mut self, via: ConnState) {
         let Some(_peer) = self.peer.take() else {
             return;
         };
+        self.net_log.clear();
         let old = self.state;
         let mut lost: Vec<ReqId> = Vec::new();
         for (req, p) in &mut self.requests {
@@ -410,10 +441,10 @@ impl Engine {
 
     /// A packet from the peer.
     pub fn receive(&mut self, packet: Packet, now: crate::time::Instant) {
+        self.advance(now);
         if self.peer.is_none() {
             return;
         }
-        self.last_now = self.last_now.max(now);
         self.resync_clock(now);
         match packet {
             Packet::Sizes { backing, .. } => self.on_sizes(backing),
@@ -422,13 +453,13 @@ impl Engine {
                 bitmap_bits,
                 flags,
             } => self.on_uuids(uuids, bitmap_bits, UuidFlags(flags)),
-            Packet::State(s) => self.on_state(s, now),
+            Packet::State(s) => self.on_state(s),
             Packet::Bitmap {
                 offset,
                 words,
                 last,
-            } => self.on_bitmap(offset, &words, last, now),
-            Packet::SyncUuid { uuid } => self.on_sync_uuid(Uuid(uuid), now),
+            } => self.on_bitmap(offset, &words, last),
+            Packet::SyncUuid { uuid } => self.on_sync_uuid(Uuid(uuid)),
             Packet::Data {
                 id,
                 sector,
@@ -551,7 +582,7 @@ impl Engine {
         });
     }
 
-    fn on_state(&mut self, s: PeerState, now: crate::time::Instant) {
+    fn on_state(&mut self, s: PeerState) {
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
@@ -560,7 +591,7 @@ impl Engine {
         let phase = peer.phase;
         if phase == Phase::ReportParams {
             if first {
-                self.maybe_handshake(now);
+                self.maybe_handshake();
             }
             return;
         }
@@ -609,7 +640,7 @@ impl Engine {
             if (me == inconsistent && them == DiskState::UpToDate)
                 || (me == DiskState::UpToDate && them == inconsistent)
             {
-                self.sync_handshake(now);
+                self.sync_handshake();
             }
         }
     }
@@ -634,20 +665,20 @@ impl Engine {
     }
 
     /// Runs the handshake once the peer's sizes, UUIDs and state are in.
-    fn maybe_handshake(&mut self, now: crate::time::Instant) {
+    fn maybe_handshake(&mut self) {
         let ready = !self.announce_pending
             && self
                 .peer
                 .as_ref()
                 .is_some_and(|p| p.sizes.is_some() && p.uuids.is_some() && p.state.is_some());
         if ready {
-            self.sync_handshake(now);
+            self.sync_handshake();
         }
     }
 
     /// DRBD's `drbd_sync_handshake`: the UUID rules, then disk states, split brain and the
     /// role checks decide between no resync, SyncSource, SyncTarget and dropping the link.
-    fn sync_handshake(&mut self, now: crate::time::Instant) {
+    fn sync_handshake(&mut self) {
         let Some(peer) = self.peer.as_ref() else {
             return;
         };
@@ -823,7 +854,7 @@ impl Engine {
                 });
                 self.write_superblock(After::Nothing);
             }
-            r => self.start_bitmap_exchange(r > 0, their_state, peer_disk, now),
+            r => self.start_bitmap_exchange(r > 0, their_state, peer_disk),
         }
     }
 
@@ -851,13 +882,7 @@ impl Engine {
     }
 
     /// WFBitMapS/T: send our bitmap (only the words with bits set, then `last`).
-    fn start_bitmap_exchange(
-        &mut self,
-        source: bool,
-        their: PeerState,
-        peer_disk: DiskState,
-        now: crate::time::Instant,
-    ) {
+    fn start_bitmap_exchange(&mut self, source: bool, their: PeerState, peer_disk: DiskState) {
         let conn = if source {
             ConnState::WFBitMapS
         } else {
@@ -902,10 +927,10 @@ impl Engine {
             words: Vec::new(),
             last: true,
         });
-        self.maybe_bitmaps_done(now);
+        self.maybe_bitmaps_done();
     }
 
-    fn on_bitmap(&mut self, offset: u64, words: &[u64], last: bool, now: crate::time::Instant) {
+    fn on_bitmap(&mut self, offset: u64, words: &[u64], last: bool) {
         let Some(peer) = self.peer.as_ref() else {
             return;
         };
@@ -914,7 +939,7 @@ impl Engine {
             // The peer decided first (after an invalidate or a forced promotion): decide
             // too; the same inputs give the mirrored verdict.
             Phase::Running if self.state.conn == ConnState::Connected => {
-                self.sync_handshake(now);
+                self.sync_handshake();
                 if !matches!(
                     self.peer.as_ref().map(|p| p.phase),
                     Some(Phase::Bitmaps { .. })
@@ -941,13 +966,13 @@ impl Engine {
             }
             self.queue_dirty_pages();
             self.pump_meta();
-            self.maybe_bitmaps_done(now);
+            self.maybe_bitmaps_done();
         }
     }
 
     /// After both bitmaps crossed: the source starts with a new sync UUID, the target waits
     /// for it.
-    fn maybe_bitmaps_done(&mut self, now: crate::time::Instant) {
+    fn maybe_bitmaps_done(&mut self) {
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
@@ -960,11 +985,7 @@ impl Engine {
         peer.bitmap_sent = false;
         peer.bitmap_received = false;
         if source {
-            let random = self.rng.next_u64();
-            let sync = self.sb.uuids.start_resync_as_source(random);
-            self.write_superblock(After::Nothing);
-            self.send(Packet::SyncUuid { uuid: sync.0 });
-            self.start_resync(true, now);
+            self.call_before_resync(true);
         } else {
             if let Some(p) = self.peer.as_mut() {
                 p.phase = Phase::WaitSyncUuid;
@@ -973,7 +994,7 @@ impl Engine {
         }
     }
 
-    fn on_sync_uuid(&mut self, uuid: Uuid, now: crate::time::Instant) {
+    fn on_sync_uuid(&mut self, uuid: Uuid) {
         if self.peer.as_ref().map(|p| p.phase) != Some(Phase::WaitSyncUuid) {
             self.protocol_error("P_SYNC_UUID while not waiting for it".into());
             return;
@@ -981,8 +1002,7 @@ impl Engine {
         let role = self.state.role;
         self.sb.uuids.receive_sync_uuid(uuid, role);
         self.write_superblock(After::Superblock);
-        self.emit_handler(super::Handler::BeforeResyncTarget);
-        self.start_resync(false, now);
+        self.call_before_resync(false);
     }
 
     // ---- the Primary's side of mirrored writes ----
@@ -1062,6 +1082,7 @@ impl Engine {
                 Net::Waiting
             };
         }
+        self.sent_to_peer(req);
         true
     }
 
@@ -1077,6 +1098,7 @@ impl Engine {
             p.epoch = epoch;
             p.net = Net::Waiting;
         }
+        self.sent_to_peer(req);
         self.close_epoch(true);
     }
 
@@ -1091,15 +1113,18 @@ impl Engine {
         let epoch = peer.epoch;
         peer.epoch = peer.epoch.wrapping_add(1);
         peer.epoch_writes = 0;
+        peer.barrier_sent_at = Some(self.clock);
         self.send(Packet::Barrier { epoch, flush });
     }
 
     /// During the bitmap exchange the target learns of new writes by `P_OUT_OF_SYNC`.
     pub(super) fn send_out_of_sync(&mut self, offset: u64, len: u64) {
-        let exchanging = self
-            .peer
-            .as_ref()
-            .is_some_and(|p| matches!(p.phase, Phase::Bitmaps { .. } | Phase::WaitSyncUuid));
+        let exchanging = self.peer.as_ref().is_some_and(|p| {
+            matches!(
+                p.phase,
+                Phase::Bitmaps { .. } | Phase::WaitSyncUuid | Phase::BeforeResync { .. }
+            )
+        });
         if let (true, Ok(len)) = (exchanging, u32::try_from(len)) {
             self.send(Packet::OutOfSync {
                 sector: Sector(offset / Sector::SIZE),
@@ -1531,6 +1556,7 @@ impl Engine {
             sector: Sector(offset / Sector::SIZE),
             len,
         });
+        self.sent_to_peer(req);
         true
     }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::peer::{PeerWrite, Phase};
-use super::{After, DiskOp, DiskResult, Engine, OpFor};
+use super::peer::{CallId, Handler, PeerWrite, Phase};
+use super::{After, DiskOp, DiskResult, Engine, Event, OpFor, Output};
 use crate::bitmap::BLOCK_BYTES;
 use crate::state::{ConnState, DiskState};
 use crate::time::Instant;
@@ -89,6 +89,74 @@ pub struct ResyncStatus {
 }
 
 impl Engine {
+    /// `drbd_start_resync` begins with `before-resync-target` on the target and
+    /// `before-resync-source` on the source: the engine asks for the handler and waits in
+    /// WFSyncUUID or WFBitMapS for [`Engine::handler_returned`], packets still flowing.
+    pub(super) fn call_before_resync(&mut self, source: bool) {
+        let call = CallId(self.next_call);
+        self.next_call += 1;
+        let Some(p) = self.peer.as_mut() else {
+            return;
+        };
+        p.phase = Phase::BeforeResync { source, call };
+        let handler = if source {
+            Handler::BeforeResyncSource
+        } else {
+            Handler::BeforeResyncTarget
+        };
+        self.out
+            .push_back(Output::Event(Event::HandlerCall { handler, call }));
+    }
+
+    /// A handler the engine waits for ([`Event::HandlerCall`]) exited with `status`, at
+    /// `now`. `before-resync-target` (or `before-resync-source`, where 3 is ignored) that
+    /// fails drops the connection for good (StandAlone); otherwise the resync starts. Results
+    /// for a call the engine no longer waits for (the connection went meanwhile) are ignored.
+    pub fn handler_returned(&mut self, call: CallId, status: i32, now: Instant) {
+        self.advance(now);
+        let Some(Phase::BeforeResync {
+            source,
+            call: waiting,
+        }) = self.peer.as_ref().map(|p| p.phase)
+        else {
+            return;
+        };
+        if waiting != call {
+            return;
+        }
+        let name = if source {
+            Handler::BeforeResyncSource.name()
+        } else {
+            Handler::BeforeResyncTarget.name()
+        };
+        if status != 0 {
+            if source && status == 3 {
+                self.log(format!(
+                    "{name} handler returned {status}, ignoring. Old userland tools?"
+                ));
+            } else {
+                self.abort_connection(&format!(
+                    "{name} handler returned {status}, dropping connection."
+                ));
+                return;
+            }
+        }
+        if self.state.disk <= DiskState::Failed {
+            // The disk went while the handler ran: the next handshake decides anew.
+            self.log("the disk is gone; no resync on this connection".into());
+            self.out.push_back(Output::Disconnect { reconnect: true });
+            self.lose_and_reconnect(ConnState::NetworkFailure);
+            return;
+        }
+        if source {
+            let random = self.rng.next_u64();
+            let sync = self.sb.uuids.start_resync_as_source(random);
+            self.write_superblock(After::Nothing);
+            self.send(Packet::SyncUuid { uuid: sync.0 });
+        }
+        self.start_resync(source, now);
+    }
+
     /// Enters SyncSource or SyncTarget with the merged bitmap.
     pub(super) fn start_resync(&mut self, source: bool, now: Instant) {
         let rate_kib = self.cfg.net.map_or(250, |n| n.resync_rate_kib.max(1));
@@ -133,15 +201,14 @@ impl Engine {
         }
     }
 
-    /// When the engine wants [`Engine::tick`] called next.
-    pub fn next_tick(&self) -> Option<Instant> {
+    /// When the resync target plans next.
+    pub(super) fn next_resync_tick(&self) -> Option<Instant> {
         let r = self.peer.as_ref()?.resync.as_ref()?;
         (!r.source).then(|| r.last_tick + TICK)
     }
 
-    /// Time passes: the resync target plans its next requests.
-    pub fn tick(&mut self, now: Instant) {
-        self.last_now = self.last_now.max(now);
+    /// The resync target plans its next requests.
+    pub(super) fn resync_tick(&mut self, now: Instant) {
         let Some(r) = self.peer.as_mut().and_then(|p| p.resync.as_mut()) else {
             return;
         };

@@ -4,6 +4,9 @@ use super::*;
 use crate::meta::{self, AlGeometry, MetaWrite};
 use crate::state::Fencing;
 
+/// The single-node tests do not need time to pass.
+const T0: Instant = Instant::from_nanos(0);
+
 #[path = "pair_tests.rs"]
 mod pair;
 
@@ -111,7 +114,7 @@ fn settle(e: &mut Engine, d: &mut MemDisk) -> Seen {
             Output::Disk { op, kind } => {
                 let r = d.perform(&kind);
                 seen.disk_ops.push(kind);
-                e.disk_done(op, r);
+                e.disk_done(op, r, T0);
             }
             Output::Complete { req, result } => seen.completions.push((req, result)),
             Output::Event(ev) => seen.events.push(ev),
@@ -169,7 +172,7 @@ fn fresh_metadata_attaches_inconsistent_and_needs_force() {
         err.to_string(),
         "State change failed: (-2) Need access to UpToDate data"
     );
-    assert_eq!(e.submit(write(0, 1, 512)), Err(SubmitError::NotPrimary));
+    assert_eq!(e.submit(write(0, 1, 512), T0), Err(SubmitError::NotPrimary));
     let before = e.uuids().current;
     e.command(Command::Primary { force: true }, false).unwrap();
     let seen = settle(&mut e, &mut d);
@@ -192,7 +195,7 @@ fn fresh_metadata_attaches_inconsistent_and_needs_force() {
 #[test]
 fn a_write_to_a_cold_extent_waits_for_its_al_transaction() {
     let (mut e, mut d) = primary(61);
-    let req = e.submit(write(5 << 20, 7, 4096)).unwrap();
+    let req = e.submit(write(5 << 20, 7, 4096), T0).unwrap();
     let ops = pending_ops(&mut e);
     assert_eq!(ops.len(), 1, "only the AL transaction goes first: {ops:?}");
     let (op, kind) = &ops[0];
@@ -200,13 +203,13 @@ fn a_write_to_a_cold_extent_waits_for_its_al_transaction() {
         matches!(kind, DiskOp::MetaWrite { offset, .. } if *offset == d.layout.al_block_offset(0))
     );
     let r = d.perform(kind);
-    e.disk_done(*op, r);
+    e.disk_done(*op, r, T0);
     let seen = settle(&mut e, &mut d);
     assert!(matches!(seen.disk_ops[..], [DiskOp::Write { offset, .. }] if offset == 5 << 20));
     assert_eq!(seen.completions, vec![(req, Ok(None))]);
     assert_eq!(d.get(5 << 20, 4096), &[7; 4096][..]);
     // A second write to the same extent goes straight to the disk.
-    e.submit(write((5 << 20) + 8192, 8, 512)).unwrap();
+    e.submit(write((5 << 20) + 8192, 8, 512), T0).unwrap();
     let ops = pending_ops(&mut e);
     assert!(matches!(ops[..], [(_, DiskOp::Write { .. })]), "{ops:?}");
     let st = e.status();
@@ -225,14 +228,14 @@ fn writes_wait_for_the_superblock_that_records_the_promotion() {
     let mut e = Engine::attach(config(61), d.on_disk()).unwrap();
     settle(&mut e, &mut d);
     e.command(Command::Primary { force: true }, false).unwrap();
-    e.submit(write(0, 1, 512)).unwrap();
+    e.submit(write(0, 1, 512), T0).unwrap();
     let ops = pending_ops(&mut e);
     assert!(
         matches!(ops[..], [(_, DiskOp::MetaWrite { offset, .. })] if offset == d.layout.md_offset),
         "nothing but the superblock before it is durable: {ops:?}"
     );
     let r = d.perform(&ops[0].1);
-    e.disk_done(ops[0].0, r);
+    e.disk_done(ops[0].0, r, T0);
     let seen = settle(&mut e, &mut d);
     assert_eq!(seen.completions.len(), 1);
 }
@@ -240,9 +243,9 @@ fn writes_wait_for_the_superblock_that_records_the_promotion() {
 #[test]
 fn eviction_writes_the_bitmap_page_before_the_transaction() {
     let (mut e, mut d) = primary(1);
-    e.submit(write(0, 1, 4096)).unwrap();
+    e.submit(write(0, 1, 4096), T0).unwrap();
     settle(&mut e, &mut d);
-    e.submit(write(40 << 20, 2, 4096)).unwrap();
+    e.submit(write(40 << 20, 2, 4096), T0).unwrap();
     let seen = settle(&mut e, &mut d);
     let kinds: Vec<&str> = seen
         .disk_ops
@@ -264,7 +267,7 @@ fn eviction_writes_the_bitmap_page_before_the_transaction() {
 fn crash_as_primary_marks_hot_extents_out_of_sync() {
     let (mut e, mut d) = primary(61);
     for (i, off) in [0u64, 9 << 20, 30 << 20].iter().enumerate() {
-        e.submit(write(*off, i as u8 + 1, 4096)).unwrap();
+        e.submit(write(*off, i as u8 + 1, 4096), T0).unwrap();
     }
     settle(&mut e, &mut d);
     // kill -9: the engine is gone, the disk holds what was written.
@@ -303,12 +306,12 @@ fn crash_as_primary_marks_hot_extents_out_of_sync() {
 #[test]
 fn down_leaves_clean_metadata_with_the_bitmap() {
     let (mut e, mut d) = primary(61);
-    e.submit(write(4096, 3, 8192)).unwrap();
+    e.submit(write(4096, 3, 8192), T0).unwrap();
     settle(&mut e, &mut d);
     e.command(Command::Down, false).unwrap();
     let seen = settle(&mut e, &mut d);
     assert_eq!(seen.events.last(), Some(&Event::Down));
-    assert_eq!(e.submit(write(0, 1, 1)), Err(SubmitError::Down));
+    assert_eq!(e.submit(write(0, 1, 1), T0), Err(SubmitError::Down));
     let sb = d.superblock();
     assert_eq!(sb.state, MdState::Clean);
     assert!(sb.flags.contains(MdFlags::AL_CLEAN));
@@ -342,16 +345,19 @@ fn secondary_is_refused_while_the_device_is_open() {
 #[test]
 fn reads_flush_trim_and_bad_ranges() {
     let (mut e, mut d) = primary(61);
-    e.submit(write(1 << 20, 9, 4096)).unwrap();
+    e.submit(write(1 << 20, 9, 4096), T0).unwrap();
     // In-flight requests have no order among themselves: let the write finish first.
     settle(&mut e, &mut d);
     let r = e
-        .submit(Request::Read {
-            offset: 1 << 20,
-            len: 4096,
-        })
+        .submit(
+            Request::Read {
+                offset: 1 << 20,
+                len: 4096,
+            },
+            T0,
+        )
         .unwrap();
-    let f = e.submit(Request::Flush).unwrap();
+    let f = e.submit(Request::Flush, T0).unwrap();
     let seen = settle(&mut e, &mut d);
     let read = seen.completions.iter().find(|(id, _)| *id == r).unwrap();
     assert_eq!(read.1, Ok(Some(Bytes::from(vec![9u8; 4096]))));
@@ -360,37 +366,40 @@ fn reads_flush_trim_and_bad_ranges() {
         .iter()
         .any(|(id, res)| *id == f && res.is_ok()));
     assert!(seen.disk_ops.contains(&DiskOp::Flush));
-    e.submit(Request::Trim {
-        offset: 1 << 20,
-        len: 4096,
-    })
+    e.submit(
+        Request::Trim {
+            offset: 1 << 20,
+            len: 4096,
+        },
+        T0,
+    )
     .unwrap();
     settle(&mut e, &mut d);
     assert_eq!(d.get(1 << 20, 4096), &[0; 4096][..]);
     let size = e.status().size.bytes();
     assert!(matches!(
-        e.submit(write(size - 512, 1, 1024)),
+        e.submit(write(size - 512, 1, 1024), T0),
         Err(SubmitError::OutOfRange { .. })
     ));
     assert!(matches!(
-        e.submit(write(size - 1024, 1, 100)),
+        e.submit(write(size - 1024, 1, 100), T0),
         Err(SubmitError::Unaligned { .. })
     ));
     let big = Request::Trim {
         offset: 0,
         len: u32::MAX,
     };
-    assert!(matches!(e.submit(big), Err(SubmitError::TooLarge(_))));
+    assert!(matches!(e.submit(big, T0), Err(SubmitError::TooLarge(_))));
 }
 
 #[test]
 fn failed_disk_io_fails_the_request() {
     let (mut e, mut d) = primary(61);
-    e.submit(write(0, 1, 512)).unwrap();
+    e.submit(write(0, 1, 512), T0).unwrap();
     settle(&mut e, &mut d);
-    let req = e.submit(write(0, 2, 512)).unwrap();
+    let req = e.submit(write(0, 2, 512), T0).unwrap();
     let ops = pending_ops(&mut e);
-    e.disk_done(ops[0].0, DiskResult::Failed);
+    e.disk_done(ops[0].0, DiskResult::Failed, T0);
     let seen = settle(&mut e, &mut d);
     assert_eq!(seen.completions, vec![(req, Err(RequestError::Io))]);
 }
@@ -398,7 +407,7 @@ fn failed_disk_io_fails_the_request() {
 #[test]
 fn new_current_uuid_clear_bitmap_empties_the_bitmap() {
     let (mut e, mut d) = primary(61);
-    e.submit(write(0, 1, 4096)).unwrap();
+    e.submit(write(0, 1, 4096), T0).unwrap();
     settle(&mut e, &mut d);
     assert_eq!(e.out_of_sync_blocks(), 1);
     let before = e.uuids().current;
