@@ -42,6 +42,8 @@ pub struct LinkParams {
     pub resolve_conflicts: bool,
     /// `--discard-my-data` was given here.
     pub discard_my_data: bool,
+    /// The agreed wire protocol version ([`crate::link::PeerInfo::version`]).
+    pub version: u32,
 }
 
 /// Handler scripts of the `handlers` section the engine asks the daemon to run.
@@ -154,6 +156,9 @@ pub(super) struct Peer {
     /// The bitmap count in our last `P_UUIDS`: both sides judge leftover bits from the same
     /// two numbers.
     pub sent_bits: u64,
+    /// `P_STATE_CHG_REQ`s sent and `P_STATE_CHG_REPLY`s received on this link.
+    pub state_reqs_sent: u64,
+    pub state_replies: u64,
 }
 
 /// An epoch of writes received from the Primary.
@@ -300,6 +305,8 @@ impl Engine {
             resync: None,
             sent_bits: 0,
             deferred_reads: Vec::new(),
+            state_reqs_sent: 0,
+            state_replies: 0,
         });
         self.force_state(|s| s.conn = ConnState::WFReportParams);
         let backing = if self.state.disk > DiskState::Diskless {
@@ -381,6 +388,8 @@ impl Engine {
             self.maybe_complete(req);
         }
         self.admit_peer_writes();
+        self.admit_waiting();
+        self.state_request_link_lost();
     }
 
     /// A packet from the peer.
@@ -437,6 +446,8 @@ impl Engine {
                 data,
             } => self.on_data_reply(id, sector, digest, data),
             Packet::NegDataReply { id, .. } => self.on_neg_data_reply(id),
+            Packet::StateChgReq(change) => self.on_state_chg_req(change, now),
+            Packet::StateChgReply(result) => self.on_state_chg_reply(result, now),
             Packet::OutOfSync { sector, len } => {
                 let _ = self.bitmap.set_bytes(sector.bytes(), u64::from(len));
             }
@@ -567,6 +578,7 @@ impl Engine {
                 self.sync_handshake(now);
             }
         }
+        self.recheck_state_request();
     }
 
     /// `after_state_ch`, "Lost contact to peer's copy of the data": while a Primary writes,
@@ -750,7 +762,7 @@ impl Engine {
         self.out.push_back(Output::Event(super::Event::Handler(h)));
     }
 
-    fn set_all_bits_within_size(&mut self) {
+    pub(super) fn set_all_bits_within_size(&mut self) {
         let bits = self.size.div_ceil(BLOCK_BYTES);
         let _ = self.bitmap.set_bits(0..bits);
         self.queue_dirty_pages();
@@ -885,6 +897,8 @@ impl Engine {
         self.write_superblock(After::Nothing);
         self.emit_handler(super::Handler::BeforeResyncTarget);
         self.start_resync(false, now);
+        // A Primary target's writes waited for this (`writes_wait_for_sync_uuid`).
+        self.admit_waiting();
     }
 
     // ---- the Primary's side of mirrored writes ----

@@ -185,7 +185,12 @@ fn shape(kind: u16) -> Option<Shape> {
         ),
         P_NEG_DREPLY => ("P_NEG_DREPLY", 20, 20, false),
         P_OUT_OF_SYNC => ("P_OUT_OF_SYNC", 12, 12, false),
-        P_STATE_CHG_REQ => ("P_STATE_CHG_REQ", STATE_CHG_REQ_BYTES, STATE_CHG_REQ_BYTES, false),
+        P_STATE_CHG_REQ => (
+            "P_STATE_CHG_REQ",
+            STATE_CHG_REQ_BYTES,
+            STATE_CHG_REQ_BYTES,
+            false,
+        ),
         P_STATE_CHG_REPLY => ("P_STATE_CHG_REPLY", 4, 4, false),
         _ => return None,
     };
@@ -1123,7 +1128,10 @@ fn decode_packet(kind: u16, name: &'static str, payload: Bytes) -> Result<Packet
                 if mask & (1 << i) != 0 {
                     *v = Some(raw);
                 } else if raw != 0 {
-                    return Err(invalid(name, format!("{field} is {raw} but not in the mask")));
+                    return Err(invalid(
+                        name,
+                        format!("{field} is {raw} but not in the mask"),
+                    ));
                 }
             }
             let bad = |field: &str, raw: u8| invalid(name, format!("{field} {raw}"));
@@ -1775,10 +1783,7 @@ mod tests {
         let mut b = good.clone();
         b.push(0);
         b[8..12].copy_from_slice(&7u32.to_be_bytes());
-        assert_eq!(
-            err(&b),
-            "P_STATE_CHG_REQ: payload of 7 bytes, expected 6"
-        );
+        assert_eq!(err(&b), "P_STATE_CHG_REQ: payload of 7 bytes, expected 6");
         let reply = |r| Frame {
             volume: 0,
             packet: Packet::StateChgReply(r),
@@ -1805,10 +1810,7 @@ mod tests {
         let mut b = ok.clone();
         b.pop();
         b[8..12].copy_from_slice(&3u32.to_be_bytes());
-        assert_eq!(
-            err(&b),
-            "P_STATE_CHG_REPLY: payload of 3 bytes, expected 4"
-        );
+        assert_eq!(err(&b), "P_STATE_CHG_REPLY: payload of 3 bytes, expected 4");
         assert_eq!(req.packet.name(), "P_STATE_CHG_REQ");
         assert!(!req.packet.is_connection_level());
     }
