@@ -1040,6 +1040,63 @@ mod tests {
     }
 
     #[test]
+    fn cluster_wide_changes_mirror_and_name_their_refusals() {
+        let c = StateChange {
+            role: Some(Role::Primary),
+            disk: Some(DiskState::UpToDate),
+            conn: Some(ConnState::StartingSyncS),
+            ..StateChange::default()
+        };
+        let m = c.mirrored();
+        assert_eq!(
+            (m.peer, m.pdsk, m.conn, m.role, m.disk),
+            (
+                Some(Role::Primary),
+                Some(DiskState::UpToDate),
+                Some(ConnState::StartingSyncT),
+                None,
+                None
+            )
+        );
+        assert_eq!(m.mirrored(), c);
+        let connected = NodeState {
+            conn: ConnState::Connected,
+            peer: Role::Secondary,
+            disk: DiskState::UpToDate,
+            pdsk: DiskState::UpToDate,
+            role: Role::Secondary,
+        };
+        assert_eq!(m.apply(connected).peer, Role::Primary);
+        let promoted = NodeState {
+            role: Role::Primary,
+            ..connected
+        };
+        assert!(connected.is_cluster_wide(&promoted));
+        assert!(!promoted.is_cluster_wide(&connected), "a demotion is local");
+        let alone = NodeState {
+            conn: ConnState::WFConnection,
+            ..connected
+        };
+        assert!(!alone.is_cluster_wide(&NodeState {
+            role: Role::Primary,
+            ..alone
+        }));
+        for e in StateChangeError::SS {
+            assert_eq!(StateChangeError::from_code(e.code()), Some(*e));
+        }
+        assert_eq!(StateChangeError::from_code(-22), None);
+        assert_eq!(StateChangeError::from_code(124), None, "not an SS_ code");
+        assert_eq!(
+            StateChangeError::ConcurrentStateChange.reason(),
+            "Concurrent state changes detected and aborted"
+        );
+        assert_eq!(
+            StateChangeError::NoDisk.reason(),
+            "Device does not have a disk-config"
+        );
+    }
+
+    #[test]
     fn promote_needs_up_to_date_data_unless_forced() {
         let ctx = Context::default();
         for disk in [

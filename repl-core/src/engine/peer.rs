@@ -156,6 +156,10 @@ pub(super) struct Peer {
     /// The bitmap count in our last `P_UUIDS`: both sides judge leftover bits from the same
     /// two numbers.
     pub sent_bits: u64,
+    /// Our resync as source ended and the target has not yet sent the UUIDs of its own end:
+    /// until then its Inconsistent disk is the resync still finishing there (a stale range
+    /// re-requested), not a reason for a new handshake.
+    pub target_finishing: bool,
     /// `P_STATE_CHG_REQ`s sent and `P_STATE_CHG_REPLY`s received on this link.
     pub state_reqs_sent: u64,
     pub state_replies: u64,
@@ -307,6 +311,7 @@ impl Engine {
             deferred_reads: Vec::new(),
             state_reqs_sent: 0,
             state_replies: 0,
+            target_finishing: false,
         });
         self.force_state(|s| s.conn = ConnState::WFReportParams);
         let backing = if self.state.disk > DiskState::Diskless {
@@ -500,6 +505,7 @@ impl Engine {
         let received = PeerUuids { uuids, bits, flags };
         let phase = peer.phase;
         peer.uuids = Some(received);
+        peer.target_finishing = false;
         if phase == Phase::Running && self.state.conn == ConnState::Connected {
             let state = self.state;
             if self
@@ -535,6 +541,7 @@ impl Engine {
         let first = peer.state.is_none();
         peer.state = Some(s);
         let phase = peer.phase;
+        let target_finishing = peer.target_finishing;
         if phase == Phase::ReportParams {
             if first {
                 self.maybe_handshake(now);
@@ -569,7 +576,7 @@ impl Engine {
         if self.new_current_on_peer_data_loss(old.pdsk) {
             self.send_uuids(UuidFlags::default());
         }
-        if phase == Phase::Running && self.state.conn == ConnState::Connected {
+        if phase == Phase::Running && self.state.conn == ConnState::Connected && !target_finishing {
             let (me, them) = (self.state.disk, s.disk);
             let inconsistent = DiskState::Inconsistent;
             if (me == inconsistent && them == DiskState::UpToDate)
