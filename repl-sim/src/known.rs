@@ -20,6 +20,14 @@ const SOURCE_KEEPS_GENERATION: &str =
 /// again (DRBD's metadata after a failed disk is just as stale).
 const UNANALYSED: &str = "not analysed yet (heavy faults); see the replay command";
 
+/// A SyncTarget killed (or detached after a metadata error) before the superblock that records
+/// its Inconsistent disk is durable comes back UpToDate with its old data: the resync starts
+/// without waiting for that write (DRBD's `drbd_start_resync` ends with a synchronous
+/// `drbd_md_sync`). Not caused by cluster-wide state changes; the seeds moved onto it when the
+/// operator actions `invalidate-remote` and `promote-both` were added.
+const TARGET_SUPERBLOCK_NOT_DURABLE: &str =
+    "a SyncTarget's Inconsistent superblock is not durable before its resync starts";
+
 const fn k(
     seed: u64,
     faults: FaultLevel,
@@ -38,6 +46,29 @@ const fn k(
 
 /// Seeds that currently fail for a reported reason.
 pub const KNOWN_FAILURES: &[KnownFailure] = &[
+    k(
+        25,
+        FaultLevel::Light,
+        1000,
+        "acked-write-lost",
+        TARGET_SUPERBLOCK_NOT_DURABLE,
+    ),
+    k(
+        188,
+        FaultLevel::Light,
+        1000,
+        "acked-write-lost",
+        TARGET_SUPERBLOCK_NOT_DURABLE,
+    ),
+    k(
+        188,
+        FaultLevel::Light,
+        600,
+        "acked-write-lost",
+        TARGET_SUPERBLOCK_NOT_DURABLE,
+    ),
+    k(5, FaultLevel::Heavy, 600, "acked-write-lost", UNANALYSED),
+    k(143, FaultLevel::Heavy, 600, "bitmap-coverage", UNANALYSED),
     k(28, FaultLevel::Heavy, 600, "acked-write-lost", UNANALYSED),
     k(74, FaultLevel::Heavy, 600, "acked-write-lost", UNANALYSED),
     k(

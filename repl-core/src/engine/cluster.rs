@@ -411,4 +411,16 @@ impl Engine {
                 ConnState::StartingSyncT | ConnState::WFSyncUUID
             )
     }
+
+    /// Issues the writes kept back for the sync UUID, and admits those waiting, once the
+    /// resync runs or the connection is gone.
+    pub(super) fn release_writes_held_for_sync(&mut self) {
+        if self.writes_wait_for_sync_uuid() {
+            return;
+        }
+        for req in std::mem::take(&mut self.held_for_sync) {
+            self.issue(req);
+        }
+        self.admit_waiting();
+    }
 }

@@ -288,6 +288,9 @@ pub struct Engine {
     crashed_primary: bool,
     /// A cluster-wide state change waiting for the peer's answer.
     state_req: Option<cluster::StateRequest>,
+    /// Writes past their AL transaction that a Primary full-sync target keeps back until the
+    /// resync runs ([`Engine::writes_wait_for_sync_uuid`]).
+    held_for_sync: Vec<ReqId>,
     /// `Event::Down` went out for a disk that was already gone.
     down_reported: bool,
     #[cfg(feature = "sim-bugs")]
@@ -398,6 +401,7 @@ impl Engine {
             next_peer_write: 0,
             crashed_primary,
             state_req: None,
+            held_for_sync: Vec::new(),
             down_reported: false,
             #[cfg(feature = "sim-bugs")]
             bug: None,
@@ -945,6 +949,8 @@ impl Engine {
                     if staged_tr == tr {
                         if result == DiskResult::Failed {
                             self.finish(req, Err(RequestError::Io));
+                        } else if self.writes_wait_for_sync_uuid() {
+                            self.held_for_sync.push(req);
                         } else {
                             self.issue(req);
                         }

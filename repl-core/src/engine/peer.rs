@@ -393,7 +393,7 @@ impl Engine {
             self.maybe_complete(req);
         }
         self.admit_peer_writes();
-        self.admit_waiting();
+        self.release_writes_held_for_sync();
         self.state_request_link_lost();
     }
 
@@ -905,7 +905,7 @@ impl Engine {
         self.emit_handler(super::Handler::BeforeResyncTarget);
         self.start_resync(false, now);
         // A Primary target's writes waited for this (`writes_wait_for_sync_uuid`).
-        self.admit_waiting();
+        self.release_writes_held_for_sync();
     }
 
     // ---- the Primary's side of mirrored writes ----
@@ -1500,7 +1500,7 @@ impl Engine {
         }
         self.out.push_back(Output::Event(super::Event::Detached));
         self.send_state();
-        self.admit_waiting();
+        self.release_writes_held_for_sync();
         self.maybe_finish_down();
     }
 
