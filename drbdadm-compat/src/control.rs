@@ -99,6 +99,11 @@ pub enum Op {
     Invalidate {
         resource: String,
     },
+    /// `invalidate-remote`: the peer's data becomes the target of a full resync from this node
+    /// (at once when connected, at the next connection when StandAlone and Primary).
+    InvalidateRemote {
+        resource: String,
+    },
     /// `detach`: finish what is in flight, write clean metadata and close the backing device;
     /// the resource stays configured, Diskless.
     Detach {

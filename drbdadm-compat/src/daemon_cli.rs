@@ -1,6 +1,6 @@
 //! The `drbdadm` commands that tandemd carries out (`up`, `down`, `attach`, `detach`, `adjust`,
 //! `primary`, `secondary`, `new-current-uuid`, `outdate`, `connect`, `disconnect`, `invalidate`,
-//! `wait-connect`) and the status queries (`role`, `cstate`, `dstate`, `status`, `proc-drbd`),
+//! `invalidate-remote`, `wait-connect`) and the status queries (`role`, `cstate`, `dstate`, `status`, `proc-drbd`),
 //! sent over the control socket of the daemon in the run directory.
 //!
 //! As drbdadm does, a refusal is followed by the line naming the drbdsetup command that failed
@@ -39,6 +39,7 @@ pub const COMMANDS: &[&str] = &[
     "connect",
     "disconnect",
     "invalidate",
+    "invalidate-remote",
     "wait-connect",
     "role",
     "cstate",
@@ -264,6 +265,7 @@ fn simple_op(cmd: &str, resource: String, opts: &DaemonOptions, discard_my_data:
         },
         "disconnect" => Op::Disconnect { resource },
         "invalidate" => Op::Invalidate { resource },
+        "invalidate-remote" => Op::InvalidateRemote { resource },
         _ => Op::Outdate { resource },
     }
 }
@@ -295,7 +297,7 @@ fn report(out: &mut Outcome, e: &ClientError, step: Option<Argv>) -> i32 {
 fn failed_step(cmd: &str, t: &Target, setup_opts: &[String]) -> Option<Argv> {
     let minor = t.minor();
     Some(match cmd {
-        "primary" | "secondary" | "detach" | "new-current-uuid" => {
+        "primary" | "secondary" | "detach" | "new-current-uuid" | "invalidate-remote" => {
             setup::minor_command(cmd, minor, setup_opts)
         }
         "down" => setup::resource_command("down", &t.name, setup_opts),

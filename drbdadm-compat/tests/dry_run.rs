@@ -20,6 +20,7 @@ const COMMANDS: &[&[&str]] = &[
     &["--", "--overwrite-data-of-peer", "primary"],
     &["secondary"],
     &["invalidate"],
+    &["invalidate-remote"],
     &["outdate"],
     &["wait-connect"],
     &["new-current-uuid"],

@@ -30,7 +30,7 @@
 
 use bytes::BytesMut;
 use repl_core::link::{HmacAlg, Link, LinkConfig, LinkError, PeerInfo, Progress, NONCE_BYTES};
-use repl_core::state::{DiskState, Role};
+use repl_core::state::{ConnState, DiskState, Role, StateChange, StateChangeError};
 use repl_core::types::{Sector, Uuid};
 use repl_core::uuid::GenerationUuids;
 use repl_core::wire::{
@@ -442,6 +442,25 @@ pub fn sample_packets() -> Vec<(u16, Packet)> {
                 len: 8192,
             },
         ),
+        (
+            1,
+            Packet::StateChgReq(StateChange {
+                role: Some(Role::Primary),
+                ..StateChange::default()
+            }),
+        ),
+        (
+            1,
+            Packet::StateChgReq(StateChange {
+                conn: Some(ConnState::StartingSyncS),
+                ..StateChange::default()
+            }),
+        ),
+        (1, Packet::StateChgReply(Ok(()))),
+        (
+            1,
+            Packet::StateChgReply(Err(StateChangeError::ConcurrentStateChange)),
+        ),
     ]
 }
 
@@ -459,7 +478,8 @@ pub fn wire_seeds() -> Vec<Seed> {
         ("handshake-state", group(7..12)),
         ("writes", group(12..15)),
         ("acks-barriers", group(15..21)),
-        ("resync", group(21..all.len())),
+        ("resync", group(21..all.len() - 4)),
+        ("state-change", group(all.len() - 4..all.len())),
     ];
     let mut b = vec![3, 0, 6, 200];
     b.extend(frames(&all));

@@ -76,7 +76,7 @@ fn wire_seeds_cover_every_kind() {
             names.insert(f.packet.name());
         }
     }
-    assert_eq!(names.len(), 25, "{names:?}");
+    assert_eq!(names.len(), 27, "{names:?}");
 }
 
 /// The honest transcripts establish the harness's link; the broken ones fail it.

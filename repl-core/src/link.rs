@@ -789,7 +789,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "incompatible protocol versions: we speak 1..1, peer 5..7"
+            "incompatible protocol versions: we speak 1..2, peer 5..7"
         );
         // Sticky.
         assert_eq!(l.receive(Packet::Ping), Err(e.clone()));
@@ -851,7 +851,7 @@ mod tests {
             panic!()
         };
         assert!(out.is_empty());
-        assert_eq!(info.version, 1);
+        assert_eq!(info.version, MAX_VERSION, "the highest both speak");
         assert!(l.receive(Packet::Ping).is_err());
         assert_eq!(l.peer(), Some(&info));
     }

@@ -165,6 +165,48 @@ pub fn lost_contact_to_peer_data(old: DiskState, new: DiskState) -> bool {
     (had && lost) || (old == DUnknown && matches!(new, Diskless | Failed | Outdated))
 }
 
+/// A requested change of some state fields (DRBD's `mask`/`val` pair): `None` leaves a field
+/// as it is. A cluster-wide change travels in `P_STATE_CHG_REQ` from the requester's point of
+/// view; the peer reads it through [`StateChange::mirrored`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct StateChange {
+    pub role: Option<Role>,
+    pub peer: Option<Role>,
+    pub conn: Option<ConnState>,
+    pub disk: Option<DiskState>,
+    pub pdsk: Option<DiskState>,
+}
+
+impl StateChange {
+    /// The requested state starting from `s` (`apply_mask_val`).
+    pub fn apply(&self, s: NodeState) -> NodeState {
+        NodeState {
+            role: self.role.unwrap_or(s.role),
+            peer: self.peer.unwrap_or(s.peer),
+            conn: self.conn.unwrap_or(s.conn),
+            disk: self.disk.unwrap_or(s.disk),
+            pdsk: self.pdsk.unwrap_or(s.pdsk),
+        }
+    }
+
+    /// The same change seen from the peer (`convert_state`): role and peer role swap, disk
+    /// and peer disk swap, StartingSyncS and StartingSyncT swap.
+    pub fn mirrored(&self) -> StateChange {
+        let conn = self.conn.map(|c| match c {
+            ConnState::StartingSyncS => ConnState::StartingSyncT,
+            ConnState::StartingSyncT => ConnState::StartingSyncS,
+            other => other,
+        });
+        StateChange {
+            role: self.peer,
+            peer: self.role,
+            conn,
+            disk: self.pdsk,
+            pdsk: self.disk,
+        }
+    }
+}
+
 /// A refused state change: DRBD's `SS_*` codes (`drbd_strings.c`) and the `ERR_*` codes the
 /// lifecycle commands return, displayed exactly as `drbdsetup` prints them after `"<minor>: "`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
@@ -220,6 +262,46 @@ pub enum StateChangeError {
 }
 
 impl StateChangeError {
+    /// The `SS_*` refusals, in DRBD's order (-1 down to -21): the codes a peer may answer a
+    /// cluster-wide state change with.
+    pub const SS: &'static [StateChangeError] = &[
+        StateChangeError::TwoPrimaries,
+        StateChangeError::NoUpToDateDisk,
+        StateChangeError::NoLocalDisk,
+        StateChangeError::NoRemoteDisk,
+        StateChangeError::ConnectedOutdates,
+        StateChangeError::PrimaryNop,
+        StateChangeError::ResyncRunning,
+        StateChangeError::AlreadyStandalone,
+        StateChangeError::CwFailedByPeer,
+        StateChangeError::IsDiskless,
+        StateChangeError::DeviceInUse,
+        StateChangeError::NoNetConfig,
+        StateChangeError::NoVerifyAlg,
+        StateChangeError::NeedConnection,
+        StateChangeError::LowerThanOutdated,
+        StateChangeError::NotSupported,
+        StateChangeError::InTransientState,
+        StateChangeError::ConcurrentStateChange,
+        StateChangeError::OtherVolumePeerPrimary,
+        StateChangeError::OutdateWithoutConnection,
+    ];
+
+    /// The `SS_*` refusal with DRBD's number `code`.
+    pub fn from_code(code: i32) -> Option<StateChangeError> {
+        Self::SS.iter().copied().find(|e| e.code() == code)
+    }
+
+    /// The text after the number (`drbd_set_st_err_str`), as DRBD logs a refusal by the peer:
+    /// "Requested state change failed by peer: <reason> (<code>)".
+    pub fn reason(self) -> String {
+        let s = self.to_string();
+        match s.split_once(") ") {
+            Some((_, r)) => r.to_owned(),
+            None => s,
+        }
+    }
+
     /// DRBD's number: negative `SS_*` values, or `ERR_*` values above 100.
     pub fn code(self) -> i32 {
         use StateChangeError::*;
@@ -421,6 +503,18 @@ impl NodeState {
         ns.disk = ns.disk.clamp(disk_range.0, disk_range.1);
         ns.pdsk = ns.pdsk.clamp(pdsk_range.0, pdsk_range.1);
         ns
+    }
+
+    /// Whether going from `self` to `ns` needs the peer's consent (`cl_wide_st_chg`): a
+    /// promotion or the start of a full sync (StartingSyncS/T) while connected. DRBD also asks
+    /// the peer before a disk failure, a disconnect and online verify; tandem imposes those.
+    pub fn is_cluster_wide(&self, ns: &NodeState) -> bool {
+        use ConnState::*;
+        self.conn >= Connected
+            && ns.conn >= Connected
+            && ((self.role != Role::Primary && ns.role == Role::Primary)
+                || (self.conn != StartingSyncT && ns.conn == StartingSyncT)
+                || (self.conn != StartingSyncS && ns.conn == StartingSyncS))
     }
 
     /// Whether this state may exist at all (`is_valid_state`), first failing rule wins.
@@ -943,6 +1037,63 @@ mod tests {
                 assert!(code < all[i - 1].code());
             }
         }
+    }
+
+    #[test]
+    fn cluster_wide_changes_mirror_and_name_their_refusals() {
+        let c = StateChange {
+            role: Some(Role::Primary),
+            disk: Some(DiskState::UpToDate),
+            conn: Some(ConnState::StartingSyncS),
+            ..StateChange::default()
+        };
+        let m = c.mirrored();
+        assert_eq!(
+            (m.peer, m.pdsk, m.conn, m.role, m.disk),
+            (
+                Some(Role::Primary),
+                Some(DiskState::UpToDate),
+                Some(ConnState::StartingSyncT),
+                None,
+                None
+            )
+        );
+        assert_eq!(m.mirrored(), c);
+        let connected = NodeState {
+            conn: ConnState::Connected,
+            peer: Role::Secondary,
+            disk: DiskState::UpToDate,
+            pdsk: DiskState::UpToDate,
+            role: Role::Secondary,
+        };
+        assert_eq!(m.apply(connected).peer, Role::Primary);
+        let promoted = NodeState {
+            role: Role::Primary,
+            ..connected
+        };
+        assert!(connected.is_cluster_wide(&promoted));
+        assert!(!promoted.is_cluster_wide(&connected), "a demotion is local");
+        let alone = NodeState {
+            conn: ConnState::WFConnection,
+            ..connected
+        };
+        assert!(!alone.is_cluster_wide(&NodeState {
+            role: Role::Primary,
+            ..alone
+        }));
+        for e in StateChangeError::SS {
+            assert_eq!(StateChangeError::from_code(e.code()), Some(*e));
+        }
+        assert_eq!(StateChangeError::from_code(-22), None);
+        assert_eq!(StateChangeError::from_code(124), None, "not an SS_ code");
+        assert_eq!(
+            StateChangeError::ConcurrentStateChange.reason(),
+            "Concurrent state changes detected and aborted"
+        );
+        assert_eq!(
+            StateChangeError::NoDisk.reason(),
+            "Device does not have a disk-config"
+        );
     }
 
     #[test]

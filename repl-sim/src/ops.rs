@@ -7,7 +7,7 @@ use repl_core::meta::MdState;
 use repl_core::state::{ConnState, DiskState, Role};
 
 use crate::rng::SimRng;
-use crate::sim::{protocol_code, protocol_of, Ev, FaultLevel, Phase, Sim, Swarm};
+use crate::sim::{protocol_code, protocol_of, Ev, FaultLevel, OnSuccess, Phase, Sim, Swarm};
 
 /// Operator actions and faults the fault phase picks from, with their weights at each level
 /// (none, light, heavy). A seed switches some off and scales the others.
@@ -28,6 +28,8 @@ pub(crate) const ACTIONS: &[(&str, [u64; 3])] = &[
     ("demote", [1, 1, 2]),
     ("disconnect", [2, 2, 3]),
     ("invalidate", [1, 1, 2]),
+    ("invalidate-remote", [1, 1, 2]),
+    ("promote-both", [1, 1, 1]),
     ("new-uuid", [1, 1, 1]),
     ("protocol", [1, 1, 2]),
     ("rate", [1, 1, 1]),
@@ -139,9 +141,7 @@ impl Sim {
         }
         if self.sw.initial_full_sync {
             self.headline("setup: primary --force (full initial sync)".into());
-            if self.command(0, Command::Primary { force: true }) {
-                self.model.forced(0);
-            }
+            self.command_with(0, Command::Primary { force: true }, OnSuccess::Forced);
         } else {
             self.headline("setup: new-current-uuid --clear-bitmap, primary".into());
             self.command(0, Command::NewCurrentUuid { clear_bitmap: true });
@@ -304,11 +304,12 @@ impl Sim {
                 let before = self.state(i).map(|s| s.disk);
                 self.headline(format!("operator: primary --force {}", self.nodes[i].name));
                 self.fault("op force-primary");
-                if self.command(i, Command::Primary { force: true })
-                    && before.is_some_and(|d| d < DiskState::UpToDate)
-                {
-                    self.model.forced(i);
-                }
+                let effect = if before.is_some_and(|d| d < DiskState::UpToDate) {
+                    OnSuccess::Forced
+                } else {
+                    OnSuccess::Nothing
+                };
+                self.command_with(i, Command::Primary { force: true }, effect);
             }
             "split-brain" => {
                 let Some(p) = self.primary() else {
@@ -359,9 +360,39 @@ impl Sim {
                 }
                 self.headline(format!("operator: invalidate {}", self.nodes[i].name));
                 self.fault("op invalidate");
-                if self.command(i, Command::Invalidate) {
-                    self.model.invalidated(i);
+                self.command_with(i, Command::Invalidate, OnSuccess::Invalidated);
+            }
+            "invalidate-remote" => {
+                let Some(i) = self.random_alive() else {
+                    return;
+                };
+                // Only from a good copy: making a bad one the source of a full sync is not an
+                // operator mistake the simulator needs to make. The peer becoming SyncTarget
+                // takes this node's data in the model.
+                if self.state(i).is_none_or(|s| s.disk != DiskState::UpToDate) {
+                    return;
                 }
+                self.headline(format!(
+                    "operator: invalidate-remote {}",
+                    self.nodes[i].name
+                ));
+                self.fault("op invalidate-remote");
+                self.command(i, Command::InvalidateRemote);
+            }
+            "promote-both" => {
+                // Two operators promote at the same instant: the requests cross on the wire
+                // and one of them is refused.
+                let connected = (0..2).all(|i| {
+                    self.state(i)
+                        .is_some_and(|s| s.conn == ConnState::Connected)
+                });
+                if self.primary().is_some() || !connected {
+                    return;
+                }
+                self.headline("operator: primary on both nodes at once".into());
+                self.fault("op crossing promotions");
+                self.command(0, Command::Primary { force: false });
+                self.command(1, Command::Primary { force: false });
             }
             "new-uuid" => {
                 let Some(i) = self.random_alive() else {
@@ -432,6 +463,7 @@ impl Sim {
         self.fault(if power { "power loss" } else { "process kill" });
         let n = &mut self.nodes[i];
         n.engine = None;
+        n.pending = None;
         n.inc += 1;
         n.reqs.clear();
         n.tick_at = None;
@@ -660,9 +692,7 @@ impl Sim {
                 "heal: no UpToDate copy left; primary --force {}",
                 self.nodes[i].name
             ));
-            if self.command(i, Command::Primary { force: true }) {
-                self.model.forced(i);
-            }
+            self.command_with(i, Command::Primary { force: true }, OnSuccess::Forced);
         }
         self.at(self.now + 50 * MS, Ev::Heal);
     }

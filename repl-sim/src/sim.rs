@@ -243,6 +243,17 @@ fn write_range(op: &Op) -> Option<(u64, u64)> {
     }
 }
 
+/// What the model learns when an operator command succeeds (at once, or when the peer agreed
+/// to a cluster-wide change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnSuccess {
+    Nothing,
+    /// `primary --force` on a disk that was not UpToDate: [`crate::model::Model::forced`].
+    Forced,
+    /// `invalidate`: [`crate::model::Model::invalidated`].
+    Invalidated,
+}
+
 /// One node: its engine (absent while crashed or restarting), its disk and its settings.
 pub(crate) struct Node {
     pub name: &'static str,
@@ -278,6 +289,8 @@ pub(crate) struct Node {
     pub acks: u64,
     /// Out-of-sync blocks after the last drain (for the trace).
     pub last_oos: u64,
+    /// What the model learns when the command waiting for the peer succeeds.
+    pub pending: Option<OnSuccess>,
     pub recent: std::collections::VecDeque<(u64, u64, u64, u64)>,
 }
 
@@ -462,6 +475,7 @@ impl Sim {
                 fault_id: 0,
                 acks: 0,
                 last_oos: 0,
+                pending: None,
                 recent: std::collections::VecDeque::new(),
             })
         };
@@ -705,6 +719,7 @@ impl Sim {
                 let n = &mut self.nodes[i];
                 n.inc += 1;
                 n.engine = Some(e);
+                n.pending = None;
                 n.tick_at = None;
                 n.reqs.clear();
                 n.going_down = false;
@@ -723,6 +738,11 @@ impl Sim {
 
     /// Runs an operator command on node `i`; `Err` is a refusal (expected at times).
     pub(crate) fn command(&mut self, i: usize, cmd: Command) -> bool {
+        self.command_with(i, cmd, OnSuccess::Nothing)
+    }
+
+    /// [`Sim::command`], and what the model learns once it succeeded.
+    pub(crate) fn command_with(&mut self, i: usize, cmd: Command, effect: OnSuccess) -> bool {
         let name = self.nodes[i].name;
         // The workload is the NBD client: it holds the device open while it has requests out,
         // as tandemd reports it. A daemon shutdown (`Down`) passes `false` like tandemd does.
@@ -732,8 +752,16 @@ impl Sim {
             return false;
         };
         let r = e.command(cmd, device_open);
+        let pending = e.command_pending();
         match &r {
-            Ok(()) => self.note(format!("{name} {cmd:?}: ok")),
+            Ok(()) if pending => {
+                self.note(format!("{name} {cmd:?}: waits for the peer"));
+                self.nodes[i].pending = Some(effect);
+            }
+            Ok(()) => {
+                self.note(format!("{name} {cmd:?}: ok"));
+                self.succeeded(i, effect);
+            }
             Err(err) => {
                 self.note(format!("{name} {cmd:?}: refused: {err}"));
                 self.count("command refused");
@@ -741,6 +769,14 @@ impl Sim {
         }
         self.drain(i);
         r.is_ok()
+    }
+
+    fn succeeded(&mut self, i: usize, effect: OnSuccess) {
+        match effect {
+            OnSuccess::Nothing => {}
+            OnSuccess::Forced => self.model.forced(i),
+            OnSuccess::Invalidated => self.model.invalidated(i),
+        }
     }
 
     /// Drains every output of node `i`'s engine and routes it.
@@ -1010,6 +1046,20 @@ impl Sim {
             }
             Event::Handler(h) => self.note(format!("{name} handler {}", h.name())),
             Event::HandlerCall { handler, call } => self.handler_call(i, handler, call),
+            Event::CommandDone { result } => {
+                let effect = self.nodes[i].pending.take();
+                match result {
+                    Ok(()) => {
+                        self.note(format!("{name} command done: ok"));
+                        self.count("cluster-wide state changes");
+                        self.succeeded(i, effect.unwrap_or(OnSuccess::Nothing));
+                    }
+                    Err(e) => {
+                        self.note(format!("{name} command done: refused: {e}"));
+                        self.count("command refused");
+                    }
+                }
+            }
             Event::Detached => {
                 self.conn.detached[i] = true;
                 self.count("disks detached");
@@ -1470,6 +1520,7 @@ impl Sim {
                             integrity: info.integrity,
                             resolve_conflicts: info.resolve_conflicts,
                             discard_my_data: discard,
+                            version: info.version,
                         });
                     }
                     self.drain(to);

@@ -191,6 +191,9 @@ impl Daemon {
             } => self.connect(&resource, discard_my_data).await,
             Op::Disconnect { resource } => self.command(&resource, Command::Disconnect).await,
             Op::Invalidate { resource } => self.command(&resource, Command::Invalidate).await,
+            Op::InvalidateRemote { resource } => {
+                self.command(&resource, Command::InvalidateRemote).await
+            }
             Op::Detach { resource } => self.detach(&resource).await.map(|()| Reply::Done),
             Op::Attach { config, resource } => self
                 .attach_disk(config, resource)

@@ -289,6 +289,8 @@ pub struct Task {
     pending: HashMap<ReqId, oneshot::Sender<io::Result<Option<Bytes>>>>,
     /// Callers of `down` waiting for the engine's `Down`.
     down_waiters: Vec<oneshot::Sender<Result<(), ControlError>>>,
+    /// The reply to a command that waits for the peer's consent (a cluster-wide state change).
+    command_waiter: Option<oneshot::Sender<Result<(), ControlError>>>,
     /// The `up` caller, answered once the attach's superblock is durable.
     attached: Option<oneshot::Sender<Result<(), ControlError>>>,
     /// An accepted `Down`: no new opener may get in, whatever the role.
@@ -375,6 +377,7 @@ pub fn spawn(
         engine_gen: 0,
         pending: HashMap::new(),
         down_waiters: Vec::new(),
+        command_waiter: None,
         attached: Some(attached),
         going_down: false,
         finished: false,
@@ -555,6 +558,7 @@ impl Task {
             Command::Secondary => st.demote(&ctx).map(|_| ()).map_err(Into::into),
             Command::NewCurrentUuid { .. } => Err(StateChangeError::NoDisk.into()),
             Command::Outdate | Command::Invalidate => Err(StateChangeError::IsDiskless.into()),
+            Command::InvalidateRemote => Err(StateChangeError::NoDisk.into()),
             Command::Disconnect => {
                 if st.conn != ConnState::StandAlone {
                     self.set_detached_state(NodeState {
@@ -806,6 +810,7 @@ impl Task {
                     integrity: peer.integrity,
                     resolve_conflicts: peer.resolve_conflicts,
                     discard_my_data,
+                    version: peer.version,
                 });
             }
             LinkEvent::Packet { conn, packet } => {
@@ -875,6 +880,9 @@ impl Task {
                 match (cmd, r) {
                     (Command::Down, Ok(())) => self.down_waiters.push(reply),
                     (Command::Down, Err(CommandError::GoingDown)) => self.down_waiters.push(reply),
+                    (_, Ok(())) if self.engine.command_pending() => {
+                        self.command_waiter = Some(reply);
+                    }
                     (_, r) => {
                         let _ = reply.send(r.map_err(|e| self.refusal(e)));
                     }
@@ -1107,6 +1115,15 @@ impl Task {
                     let _ = done.send((gen, call, status));
                 });
             }
+            Event::CommandDone { result } => {
+                if let Err(e) = &result {
+                    warn!("{}: {e}", self.prefix());
+                }
+                let r = result.map_err(|e| self.refusal(e));
+                if let Some(w) = self.command_waiter.take() {
+                    let _ = w.send(r);
+                }
+            }
         }
     }
 }
@@ -1128,6 +1145,7 @@ fn describe(cmd: Command) -> String {
         Command::Connect => "connect".into(),
         Command::Disconnect => "disconnect".into(),
         Command::Invalidate => "invalidate".into(),
+        Command::InvalidateRemote => "invalidate-remote".into(),
         Command::Down => "down".into(),
     }
 }

@@ -247,19 +247,25 @@ fn invalidate_a_secondary_refuse_a_primary_and_queries_in_json() {
     n.ok(&["create-md", "r0"]);
     n.ok(&["up", "r0"]);
     n.ok(&["primary", "--force", "r0"]);
-    // A Primary without a peer keeps its data: refused as drbdsetup refuses it; drbdadm hands
-    // invalidate's error through without naming the step.
+    // Only a StandAlone Secondary is invalidated alone; a Primary asks for a full sync from
+    // its peer (StartingSyncT), which needs the connection. drbdadm hands invalidate's error
+    // through without naming the step.
     let (code, err) = n.fails(&["invalidate", "r0"]);
-    assert_eq!(code, 17);
+    assert_eq!(code, 11);
     assert_eq!(
         err,
-        "0: State change failed: (-2) Need access to UpToDate data\n"
+        "0: State change failed: (-15) Need a connection to start verify or resync\n"
     );
     assert_eq!(n.ok(&["dstate", "r0"]), "UpToDate/DUnknown\n");
 
     n.ok(&["secondary", "r0"]);
+    // Waiting for its peer (WFConnection) is not StandAlone: refused the same way.
+    let (code, err) = n.fails(&["invalidate", "r0"]);
+    assert_eq!((code, err.contains("(-15)")), (11, true), "{err}");
+    n.ok(&["disconnect", "r0"]);
     n.ok(&["invalidate", "r0"]);
     assert_eq!(n.ok(&["dstate", "r0"]), "Inconsistent/DUnknown\n");
+    n.ok(&["connect", "r0"]);
     let status: serde_json::Value =
         serde_json::from_str(&n.ok(&["status", "--json", "r0"])).expect("status json");
     let kib = status[0]["devices"][0]["size"].as_u64().expect("size");

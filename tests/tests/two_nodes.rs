@@ -1,7 +1,7 @@
 //! Two daemons on loopback (127.0.0.1 and 127.0.0.2), driven through the real `drbdadm`:
 //! DRBD's first-sync and skip-sync workflows, a reconnect that resyncs only what changed, the
 //! Primary killed during a verified fio job, a wrong shared secret, a peer that is too small, a
-//! split brain recovered by hand with `connect --discard-my-data`.
+//! split brain recovered by hand with `connect --discard-my-data`, `invalidate-remote`.
 
 use std::process::Command;
 
@@ -534,4 +534,59 @@ fn split_brain_recovered_by_hand_with_discard_my_data() {
     assert!(filled(victim, 9 * MIB, K64, 0));
     assert!(filled(survivor, 9 * MIB, K64, 0x13));
     assert!(filled(survivor, 7 * MIB, K64, 0));
+}
+
+#[test]
+fn invalidate_remote_on_the_primary_resyncs_the_whole_peer() {
+    let c = Cluster::new(ClusterOpts::default());
+    c.up();
+    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
+    let (a, b) = (c.node(0), c.node(1));
+    a.ok(&["primary", "--force", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    assert!(c.data_identical(DATA));
+    // Beta's copy rots behind DRBD's back: no bitmap knows it.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&b.disk)
+            .expect("disk");
+        f.write_all_at(&[0x77; 8192], 20 * MIB).expect("rot");
+        f.sync_all().expect("sync");
+    }
+    assert!(!c.data_identical(DATA));
+    a.ok(&["invalidate-remote", "r0"]);
+    b.wait_for("the full sync to begin", |n| {
+        n.log()
+            .contains("Began resync as SyncTarget (will sync 65496 KB")
+    });
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    assert!(
+        a.log()
+            .contains("Began resync as SyncSource (will sync 65496 KB"),
+        "{}",
+        a.log()
+    );
+    assert!(b.log().contains("StartingSyncT"), "{}", b.log());
+    assert_eq!(a.ok(&["role", "r0"]), "Primary/Secondary\n");
+    assert!(c.data_identical(DATA), "the full sync rewrote beta's copy");
+
+    // The second primary is refused with DRBD's message and drbdadm's exit code.
+    let o = b.drbdadm(&["primary", "r0"]);
+    assert_eq!(o.status.code(), Some(11));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "0: State change failed: (-1) Multiple primaries not allowed by config\n\
+         Command 'drbdsetup-84 primary 0' terminated with exit code 11\n"
+    );
+    // Without a connection, a Secondary cannot invalidate its peer (StartingSyncS needs one).
+    b.ok(&["disconnect", "r0"]);
+    let o = b.drbdadm(&["invalidate-remote", "r0"]);
+    assert_eq!(o.status.code(), Some(11));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "0: State change failed: (-15) Need a connection to start verify or resync\n\
+         Command 'drbdsetup-84 invalidate-remote 0' terminated with exit code 11\n"
+    );
 }

@@ -10,6 +10,7 @@
 //! next, so that bitmap pages precede the AL transaction that evicts their extents, and a
 //! superblock that records a role change precedes the writes it covers.
 
+mod cluster;
 mod io;
 mod peer;
 mod resync;
@@ -31,10 +32,7 @@ use crate::al::{self, ActivityLog, Admission};
 use crate::bitmap::Bitmap;
 use crate::meta::{Layout, MdFlags, MdState, Superblock};
 use crate::rng::Rng;
-use crate::state::{
-    AttachMeta, ConnState, Context, DiskState, NodeState, Promotion, Role, StateChangeError,
-    FORCED_SPLIT_BRAIN, FORCED_UP_TO_DATE,
-};
+use crate::state::{AttachMeta, ConnState, Context, DiskState, NodeState, Role, StateChangeError};
 use crate::status::{Counters, Status};
 use crate::time::Instant;
 use crate::types::Sector;
@@ -115,9 +113,14 @@ pub enum Command {
     Connect,
     /// `disconnect`: drop the link and stay StandAlone.
     Disconnect,
-    /// `invalidate`: without a connection the disk becomes Inconsistent and every block out of
-    /// sync, so that the next connection makes this node the target of a full resync.
+    /// `invalidate`: StandAlone and Secondary, the disk becomes Inconsistent and every block
+    /// out of sync, so that the next connection makes this node the target of a full resync;
+    /// connected, a full sync from the peer starts at once (cluster-wide).
     Invalidate,
+    /// `invalidate-remote`: StandAlone and Primary, the peer's disk is taken as Inconsistent
+    /// and every block out of sync; connected, a full sync to the peer starts at once
+    /// (cluster-wide).
+    InvalidateRemote,
     /// Stop taking requests, finish those in flight, persist the bitmap and a clean
     /// superblock, then report [`Event::Down`].
     Down,
@@ -163,6 +166,10 @@ pub enum Event {
     /// The disk was detached after an I/O error (`on-io-error detach`); the daemon may close
     /// the backing device.
     Detached,
+    /// The result of the command that waited for the peer ([`Engine::command_pending`]).
+    CommandDone {
+        result: Result<(), CommandError>,
+    },
 }
 
 /// What a metadata write unblocks when it is durable.
@@ -296,6 +303,11 @@ pub struct Engine {
     next_peer_write: u64,
     /// The node was Primary when it crashed (`CRASHED_PRIMARY`), until a resync ends.
     crashed_primary: bool,
+    /// A cluster-wide state change waiting for the peer's answer.
+    state_req: Option<cluster::StateRequest>,
+    /// Writes past their AL transaction that a Primary full-sync target keeps back until the
+    /// resync runs ([`Engine::writes_wait_for_sync_uuid`]).
+    held_for_sync: Vec<ReqId>,
     /// `Event::Down` went out for a disk that was already gone.
     down_reported: bool,
     /// The latest time an input carried: when something goes out to the peer.
@@ -415,6 +427,8 @@ impl Engine {
             peer_wait: VecDeque::new(),
             next_peer_write: 0,
             crashed_primary,
+            state_req: None,
+            held_for_sync: Vec::new(),
             down_reported: false,
             clock: Instant::default(),
             net_log: VecDeque::new(),
@@ -489,7 +503,10 @@ impl Engine {
         if self.state.role != Role::Primary {
             return Err(SubmitError::NotPrimary);
         }
-        if self.state.disk < DiskState::UpToDate && !self.peer_has_good_data() {
+        if self.state.disk < DiskState::UpToDate
+            && !self.peer_has_good_data()
+            && !self.writes_wait_for_sync_uuid()
+        {
             return Err(SubmitError::NoData(self.state.disk));
         }
         if let Some((offset, len)) = request.range() {
@@ -554,6 +571,8 @@ impl Engine {
     }
 
     /// Runs an operator command. `device_open` says whether a client holds the export open.
+    /// A promotion or a full sync while connected needs the peer's consent: then
+    /// [`Engine::command_pending`] is true and the result follows as [`Event::CommandDone`].
     ///
     /// # Errors
     /// DRBD's refusal, as `drbdsetup` words it.
@@ -569,43 +588,21 @@ impl Engine {
             || self.state.conn == ConnState::WFBitMapS
             || self.state.conn == ConnState::WFBitMapT
             || self.state.conn == ConnState::WFSyncUUID;
+        // DRBD's state mutex: a state change waits for the one in progress.
+        if self.state_req.is_some()
+            && !matches!(cmd, Command::Connect | Command::Disconnect | Command::Down)
+        {
+            return Err(StateChangeError::InTransientState.into());
+        }
         match cmd {
             // The peer decides the handshake on the UUIDs and role we already sent it: a new
             // generation now would make the two sides decide differently.
             Command::Primary { .. } if handshaking => {
                 return Err(StateChangeError::InTransientState.into())
             }
-            // Likewise the disk state: the peer may already be deciding on the one we sent.
-            Command::Invalidate if self.state.conn == ConnState::WFReportParams => {
-                return Err(StateChangeError::InTransientState.into())
+            Command::Primary { force } => {
+                self.primary_command(force, false, ctx)?;
             }
-            Command::Primary { force } => match self.state.promote(force, false, &ctx)? {
-                Promotion::Unchanged => {}
-                Promotion::RunFencePeer => return Err(CommandError::FencePeerUnsupported),
-                Promotion::Promoted {
-                    state,
-                    forced,
-                    forced_split_brain,
-                } => {
-                    if forced {
-                        self.log(FORCED_UP_TO_DATE.into());
-                    }
-                    if forced_split_brain {
-                        self.log(FORCED_SPLIT_BRAIN.into());
-                    }
-                    let random = self.rng.next_u64();
-                    if self.sb.uuids.promote(&state, forced, random) {
-                        self.log(format!("new current UUID {}", self.sb.uuids.current));
-                    }
-                    self.set_crashed_primary(false);
-                    self.set_state(state);
-                    self.write_superblock(After::Superblock);
-                    if forced {
-                        self.send_uuids(crate::uuid::UuidFlags::default());
-                    }
-                    self.send_state();
-                }
-            },
             Command::Secondary => {
                 if let Some(state) = self.state.demote(&ctx)? {
                     self.sb.uuids.set_role(Role::Secondary);
@@ -642,24 +639,10 @@ impl Engine {
                 }
             }
             Command::Invalidate => {
-                if self.state.conn > ConnState::Connected {
-                    return Err(StateChangeError::ResyncRunning.into());
-                }
-                let mut req = self.state;
-                req.disk = DiskState::Inconsistent;
-                if self.state.conn == ConnState::Connected {
-                    // Sanitizing would lift a connected Inconsistent disk back up; the
-                    // peer's handshake run is what makes this node the target.
-                    if self.state.role == Role::Primary || self.state.pdsk < DiskState::UpToDate {
-                        return Err(StateChangeError::NoUpToDateDisk.into());
-                    }
-                    self.set_state(req);
-                } else if let Some(state) = self.state.change(req, false, &ctx)? {
-                    self.set_state(state);
-                }
-                self.set_all_bits();
-                self.announce_pending = true;
-                self.write_superblock(After::AnnounceDisk);
+                self.invalidate_command(ctx)?;
+            }
+            Command::InvalidateRemote => {
+                self.invalidate_remote_command(ctx)?;
             }
             Command::Down => {
                 // A refused demotion (the device is open) refuses `down`; otherwise the
@@ -701,7 +684,7 @@ impl Engine {
 
     /// Admits waiting writes through the activity log, in order; those that must wait stay.
     fn admit_waiting(&mut self) {
-        if self.gating_superblocks > 0 {
+        if self.gating_superblocks > 0 || self.writes_wait_for_sync_uuid() {
             return;
         }
         let mut still: VecDeque<ReqId> = VecDeque::new();
@@ -1027,6 +1010,8 @@ impl Engine {
                     if staged_tr == tr {
                         if result == DiskResult::Failed {
                             self.finish(req, Err(RequestError::Io));
+                        } else if self.writes_wait_for_sync_uuid() {
+                            self.held_for_sync.push(req);
                         } else {
                             self.issue(req);
                         }

@@ -131,6 +131,7 @@ impl Pair {
             integrity: Some(IntegrityAlg::Crc32c),
             resolve_conflicts: i == 0,
             discard_my_data: false,
+            version: crate::wire::MAX_VERSION,
         }
     }
 
@@ -1055,8 +1056,20 @@ impl Pair {
 }
 
 #[test]
-fn an_invalidate_reaches_the_peer_once_its_superblock_is_durable() {
+fn an_invalidate_reaches_an_old_peer_once_its_superblock_is_durable() {
     let mut p = Pair::synced(Protocol::C);
+    // A peer of wire version 1 knows no cluster-wide state change: it learns the disk state.
+    p.cut();
+    for i in 0..2 {
+        let params = LinkParams {
+            version: crate::wire::MIN_VERSION,
+            ..p.link_params(i)
+        };
+        p.n[i].e.peer_connected(params);
+        p.open[i] = true;
+    }
+    p.settle();
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
     p.n[1].hold_disk = true;
     p.n[1].e.command(Command::Invalidate, false).unwrap();
     p.settle();
@@ -1140,4 +1153,412 @@ fn writes_for_a_diskless_peer_wait_for_the_bitmap_that_records_them() {
     p.release_disk(1);
     p.settle();
     assert_eq!(p.n[1].d.get(1 << 20, 4096), &[0x66; 4096][..]);
+}
+
+// ---- cluster-wide state changes ----
+
+impl Node {
+    /// The results of commands that waited for the peer, in order.
+    fn done(&self) -> Vec<Result<(), CommandError>> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::CommandDone { result } => Some(result.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The connection states this node went through.
+    fn conn_path(&self) -> Vec<ConnState> {
+        let mut path = Vec::new();
+        for e in &self.events {
+            if let Event::StateChanged { old, new } = e {
+                if old.conn != new.conn && path.last() != Some(&new.conn) {
+                    path.push(new.conn);
+                }
+            }
+        }
+        path
+    }
+}
+
+impl Pair {
+    /// Both Secondary, connected and UpToDate.
+    fn secondaries() -> Pair {
+        let mut p = Pair::synced(Protocol::C);
+        p.n[0].e.command(Command::Secondary, false).unwrap();
+        p.settle();
+        for n in &mut p.n {
+            n.events.clear();
+        }
+        p
+    }
+
+    /// Switches `allow-two-primaries` on for both nodes (the next connection agrees on it).
+    fn allow_two_primaries(&mut self) {
+        for n in &mut self.n {
+            n.e.cfg.context.allow_two_primaries = true;
+            if let Some(net) = n.e.cfg.net.as_mut() {
+                net.two_primaries = true;
+            }
+        }
+    }
+
+    fn roles(&self) -> (Role, Role) {
+        (self.n[0].e.state().role, self.n[1].e.state().role)
+    }
+}
+
+#[test]
+fn a_connected_promotion_waits_for_the_peer() {
+    let mut p = Pair::secondaries();
+    p.n[1]
+        .e
+        .command(Command::Primary { force: false }, false)
+        .unwrap();
+    assert!(p.n[1].e.command_pending());
+    assert_eq!(
+        p.n[1].e.state().role,
+        Role::Secondary,
+        "not before the answer"
+    );
+    assert_eq!(
+        p.n[1].e.command(Command::Invalidate, false),
+        Err(StateChangeError::InTransientState.into()),
+        "one state change at a time"
+    );
+    p.settle();
+    assert!(!p.n[1].e.command_pending());
+    assert_eq!(p.n[1].done(), vec![Ok(())]);
+    assert_eq!(p.roles(), (Role::Secondary, Role::Primary));
+    assert_eq!(p.n[0].e.state().peer, Role::Primary);
+    assert!(p.n[0].done().is_empty());
+    // A local change (demotion) is not cluster-wide.
+    p.n[1].e.command(Command::Secondary, false).unwrap();
+    assert!(!p.n[1].e.command_pending());
+}
+
+#[test]
+fn the_peer_refuses_a_second_primary() {
+    let mut p = Pair::synced(Protocol::C);
+    // Knowing the peer is Primary, the node refuses by itself.
+    let err = p.n[1]
+        .e
+        .command(Command::Primary { force: false }, false)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "State change failed: (-1) Multiple primaries not allowed by config"
+    );
+    assert!(!p.n[1].e.command_pending());
+    // A request from a peer that did not know yet: the Primary refuses it.
+    let now = p.now;
+    p.n[0].e.receive(
+        Packet::StateChgReq(crate::state::StateChange {
+            role: Some(Role::Primary),
+            ..Default::default()
+        }),
+        now,
+    );
+    let mut replies = Vec::new();
+    while let Some(o) = p.n[0].e.poll_output() {
+        if let Output::Send(Packet::StateChgReply(r)) = o {
+            replies.push(r);
+        }
+    }
+    assert_eq!(replies, vec![Err(StateChangeError::TwoPrimaries)]);
+    // The requester reports the peer's refusal as DRBD does.
+    let mut p = Pair::secondaries();
+    p.n[1].e.command(Command::InvalidateRemote, false).unwrap();
+    assert!(p.n[1].e.command_pending());
+    // The request is lost on its way; an answer comes anyway.
+    while p.n[1].e.poll_output().is_some() {}
+    p.n[1].e.receive(
+        Packet::StateChgReply(Err(StateChangeError::ResyncRunning)),
+        now,
+    );
+    assert!(!p.n[1].e.command_pending());
+    p.step();
+    assert_eq!(
+        p.n[1].done(),
+        vec![Err(StateChangeError::CwFailedByPeer.into())]
+    );
+    assert!(p.n[1].logged(
+        "Requested state change failed by peer: Can not start OV/resync since it is already active (-8)"
+    ));
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+}
+
+#[test]
+fn crossing_promotions_are_serialised() {
+    let mut p = Pair::secondaries();
+    for i in 0..2 {
+        p.n[i]
+            .e
+            .command(Command::Primary { force: false }, false)
+            .unwrap();
+        assert!(p.n[i].e.command_pending());
+    }
+    p.settle();
+    // Node 0 resolves conflicts: it answers node 1's request with SS_CONCURRENT_ST_CHG and
+    // its own is granted; node 1, now seeing a Primary peer, fails its own.
+    assert_eq!(p.roles(), (Role::Primary, Role::Secondary));
+    assert_eq!(p.n[0].done(), vec![Ok(())]);
+    assert_eq!(
+        p.n[1].done(),
+        vec![Err(StateChangeError::TwoPrimaries.into())]
+    );
+    assert!(!p.n[1].e.command_pending());
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    let w = p.submit(0, write(0, 7, 4096));
+    assert!(p.n[0].completed(w));
+    p.assert_identical();
+}
+
+#[test]
+fn crossing_promotions_with_allow_two_primaries_both_succeed() {
+    let mut p = Pair::new(Protocol::C);
+    p.allow_two_primaries();
+    p.connect();
+    p.n[0]
+        .e
+        .command(Command::Primary { force: true }, false)
+        .unwrap();
+    p.settle();
+    p.n[0].e.command(Command::Secondary, false).unwrap();
+    p.settle();
+    for n in &mut p.n {
+        n.events.clear();
+    }
+    for i in 0..2 {
+        p.n[i]
+            .e
+            .command(Command::Primary { force: false }, false)
+            .unwrap();
+    }
+    p.settle();
+    assert_eq!(p.roles(), (Role::Primary, Role::Primary));
+    assert_eq!(p.n[0].done(), vec![Ok(())]);
+    // Refused once as concurrent, asked again (drbd_set_role's retry) and granted.
+    assert!(p.n[1].logged(
+        "Requested state change failed by peer: Concurrent state changes detected and aborted (-19)"
+    ));
+    assert_eq!(p.n[1].done(), vec![Ok(())]);
+}
+
+#[test]
+fn invalidate_remote_makes_the_peer_a_full_sync_target() {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(65536, 0x5A, 8192));
+    for n in &mut p.n {
+        n.events.clear();
+    }
+    // Node 1's copy rots where the bitmap cannot know it.
+    p.n[1].d.put(65536, &[0; 4096]);
+    p.n[0].e.command(Command::InvalidateRemote, false).unwrap();
+    assert!(p.n[0].e.command_pending());
+    p.settle();
+    assert_eq!(p.n[0].done(), vec![Ok(())]);
+    assert_eq!(
+        p.n[0].conn_path(),
+        vec![
+            ConnState::StartingSyncS,
+            ConnState::SyncSource,
+            ConnState::Connected
+        ]
+    );
+    assert_eq!(
+        p.n[1].conn_path(),
+        vec![
+            ConnState::StartingSyncT,
+            ConnState::WFSyncUUID,
+            ConnState::SyncTarget,
+            ConnState::Connected
+        ]
+    );
+    let began = format!(
+        "Began resync as SyncSource (will sync {} KB",
+        p.n[0].e.size.div_ceil(4096) * 4
+    );
+    assert!(p.n[0].logged(&began), "{:?}", p.n[0].logs());
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    assert_eq!(p.n[0].e.out_of_sync_blocks(), 0);
+    assert_eq!(p.n[1].e.out_of_sync_blocks(), 0);
+    let (a, b) = (p.n[0].e.uuids(), p.n[1].e.uuids());
+    assert_eq!((a.bitmap, a.history), (b.bitmap, b.history));
+    assert_eq!(
+        a.current.0 | 1,
+        b.current.0 | 1,
+        "equal but for the role bit"
+    );
+    p.assert_identical();
+}
+
+#[test]
+fn invalidate_remote_towards_a_primary_holds_its_writes_until_the_resync_runs() {
+    let mut p = Pair::synced(Protocol::C);
+    p.n[1].e.command(Command::InvalidateRemote, false).unwrap();
+    // The request reaches node 0 (Primary), which becomes the target and answers.
+    p.step();
+    p.step();
+    assert_eq!(p.n[0].e.state().conn, ConnState::WFSyncUUID);
+    assert_eq!(p.n[0].e.state().disk, DiskState::Inconsistent);
+    let req = p.n[0].e.submit(write(4096, 0x33, 4096), p.now).unwrap();
+    assert_eq!(
+        p.n[0].e.status().counters.lo,
+        0,
+        "the write waits for the sync UUID"
+    );
+    p.settle();
+    assert!(p.n[0].completed(req));
+    assert_eq!(p.roles(), (Role::Primary, Role::Secondary));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    assert_eq!(&p.n[1].d.bytes[4096..8192], &[0x33; 4096][..]);
+    p.assert_identical();
+}
+
+#[test]
+fn invalidate_while_connected_goes_through_starting_sync_t() {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(0, 0x11, 4096));
+    p.n[1].d.put(0, &[0; 4096]);
+    for n in &mut p.n {
+        n.events.clear();
+    }
+    p.n[1].e.command(Command::Invalidate, false).unwrap();
+    assert!(p.n[1].e.command_pending());
+    let mut bitmaps = 0;
+    loop {
+        for w in &p.wire {
+            bitmaps += w
+                .iter()
+                .filter(|x| matches!(x, OnWire::Packet(Packet::Bitmap { .. })))
+                .count();
+        }
+        if !p.step() {
+            break;
+        }
+    }
+    p.settle();
+    assert_eq!(bitmaps, 0, "no bitmap exchange: both sides set every bit");
+    assert_eq!(p.n[1].done(), vec![Ok(())]);
+    assert_eq!(
+        p.n[1].conn_path(),
+        vec![
+            ConnState::StartingSyncT,
+            ConnState::WFSyncUUID,
+            ConnState::SyncTarget,
+            ConnState::Connected
+        ]
+    );
+    assert_eq!(
+        p.n[0].conn_path()[..2],
+        [ConnState::StartingSyncS, ConnState::SyncSource]
+    );
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+    // Without a connection a Secondary that is not StandAlone cannot be invalidated (8.4).
+    p.cut();
+    let err = p.n[1].e.command(Command::Invalidate, false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "State change failed: (-15) Need a connection to start verify or resync"
+    );
+}
+
+#[test]
+fn invalidate_remote_refusals() {
+    let mut p = Pair::synced(Protocol::C);
+    for n in &mut p.n {
+        if let Some(net) = n.e.cfg.net.as_mut() {
+            net.resync_rate_kib = 4;
+        }
+    }
+    p.n[1].e.command(Command::Invalidate, false).unwrap();
+    for _ in 0..20 {
+        p.step();
+    }
+    assert_eq!(p.conns(), (ConnState::SyncSource, ConnState::SyncTarget));
+    for i in 0..2 {
+        assert_eq!(
+            p.n[i].e.command(Command::InvalidateRemote, false),
+            Err(StateChangeError::ResyncRunning.into())
+        );
+    }
+    p.settle();
+    // Disconnected and Secondary: DRBD asks for StartingSyncS, which needs the connection.
+    p.n[1].e.command(Command::Disconnect, false).unwrap();
+    p.settle();
+    assert_eq!(
+        p.n[1].e.command(Command::InvalidateRemote, false),
+        Err(StateChangeError::NeedConnection.into())
+    );
+    assert_eq!(
+        p.n[0].e.command(Command::InvalidateRemote, false),
+        Err(StateChangeError::NeedConnection.into()),
+        "WFConnection is not StandAlone"
+    );
+}
+
+#[test]
+fn invalidate_remote_standalone_makes_the_next_connection_a_full_sync() {
+    let mut p = Pair::synced(Protocol::C);
+    p.n[0].e.command(Command::Disconnect, false).unwrap();
+    p.settle();
+    p.open = [false, false];
+    p.wire = [VecDeque::new(), VecDeque::new()];
+    p.n[1].e.peer_lost();
+    p.settle();
+    p.n[0].e.command(Command::InvalidateRemote, false).unwrap();
+    assert!(!p.n[0].e.command_pending());
+    p.settle();
+    assert_eq!(p.n[0].e.state().pdsk, DiskState::Inconsistent);
+    let all = p.n[0].e.size.div_ceil(4096);
+    assert_eq!(p.n[0].e.out_of_sync_blocks(), all);
+    p.n[1].d.put(1 << 20, &[9; 4096]);
+    p.n[0].e.command(Command::Connect, false).unwrap();
+    p.connect();
+    p.settle();
+    assert!(
+        p.n[0].logged(&format!("will sync {} KB", all * 4)),
+        "{:?}",
+        p.n[0].logs()
+    );
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}
+
+#[test]
+fn a_lost_connection_ends_a_pending_request() {
+    // A promotion is then tried alone (DRBD's SS_CW_NO_NEED): with dont-care fencing it
+    // succeeds, in a new generation.
+    let mut p = Pair::secondaries();
+    let before = p.n[1].e.uuids().current;
+    p.n[1]
+        .e
+        .command(Command::Primary { force: false }, false)
+        .unwrap();
+    p.cut();
+    assert!(!p.n[1].e.command_pending());
+    assert_eq!(p.n[1].done(), vec![Ok(())]);
+    assert_eq!(p.n[1].e.state().role, Role::Primary);
+    assert_ne!(p.n[1].e.uuids().current, before);
+    // A full sync cannot start without the peer.
+    let mut p = Pair::secondaries();
+    p.n[0].e.command(Command::InvalidateRemote, false).unwrap();
+    p.cut();
+    assert!(!p.n[0].e.command_pending());
+    assert_eq!(
+        p.n[0].done(),
+        vec![Err(StateChangeError::NeedConnection.into())]
+    );
+    assert_eq!(p.n[0].e.state().conn, ConnState::WFConnection);
+    // The answer of the old link never reaches the new one's requests.
+    p.connect();
+    p.settle();
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    p.n[0].e.command(Command::Disconnect, false).unwrap();
+    p.settle();
+    assert_eq!(p.n[0].done().len(), 1);
 }

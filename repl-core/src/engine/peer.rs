@@ -58,6 +58,8 @@ pub struct LinkParams {
     pub resolve_conflicts: bool,
     /// `--discard-my-data` was given here.
     pub discard_my_data: bool,
+    /// The agreed wire protocol version ([`crate::link::PeerInfo::version`]).
+    pub version: u32,
 }
 
 /// Handler scripts of the `handlers` section the engine asks the daemon to run.
@@ -184,6 +186,13 @@ pub(super) struct Peer {
     /// The request whose epoch has not been closed for `ko-count * timeout` already got its
     /// warning.
     pub unsent_barrier_warned: Option<ReqId>,
+    /// Our resync as source ended and the target has not yet sent the UUIDs of its own end:
+    /// until then its Inconsistent disk is the resync still finishing there (a stale range
+    /// re-requested), not a reason for a new handshake.
+    pub target_finishing: bool,
+    /// `P_STATE_CHG_REQ`s sent and `P_STATE_CHG_REPLY`s received on this link.
+    pub state_reqs_sent: u64,
+    pub state_replies: u64,
 }
 
 /// An epoch of writes received from the Primary.
@@ -335,6 +344,9 @@ impl Engine {
             deferred_reads: Vec::new(),
             barrier_sent_at: None,
             unsent_barrier_warned: None,
+            state_reqs_sent: 0,
+            state_replies: 0,
+            target_finishing: false,
         });
         self.force_state(|s| s.conn = ConnState::WFReportParams);
         let backing = if self.state.disk > DiskState::Diskless {
@@ -437,6 +449,8 @@ impl Engine {
             self.maybe_complete(req);
         }
         self.admit_peer_writes();
+        self.release_writes_held_for_sync();
+        self.state_request_link_lost();
     }
 
     /// A packet from the peer.
@@ -494,6 +508,8 @@ impl Engine {
                 data,
             } => self.on_data_reply(id, sector, digest, data),
             Packet::NegDataReply { id, .. } => self.on_neg_data_reply(id),
+            Packet::StateChgReq(change) => self.on_state_chg_req(change, now),
+            Packet::StateChgReply(result) => self.on_state_chg_reply(result, now),
             Packet::OutOfSync { sector, len } => {
                 let _ = self.bitmap.set_bytes(sector.bytes(), u64::from(len));
             }
@@ -554,6 +570,7 @@ impl Engine {
             // (`drbd_set_ed_uuid`), which the next connection must match.
             self.sb.uuids.current = Uuid(uuids.current.masked() | 1);
         }
+        peer.target_finishing = false;
         if phase == Phase::Running && self.state.conn == ConnState::Connected {
             let state = self.state;
             if self
@@ -589,6 +606,7 @@ impl Engine {
         let first = peer.state.is_none();
         peer.state = Some(s);
         let phase = peer.phase;
+        let target_finishing = peer.target_finishing;
         if phase == Phase::ReportParams {
             if first {
                 self.maybe_handshake();
@@ -634,6 +652,7 @@ impl Engine {
         if phase == Phase::Running
             && self.state.conn == ConnState::Connected
             && !self.announce_pending
+            && !target_finishing
         {
             let (me, them) = (self.state.disk, s.disk);
             let inconsistent = DiskState::Inconsistent;
@@ -643,6 +662,7 @@ impl Engine {
                 self.sync_handshake();
             }
         }
+        self.recheck_state_request();
     }
 
     /// `after_state_ch`, "Lost contact to peer's copy of the data": while a Primary writes,
@@ -874,7 +894,7 @@ impl Engine {
         self.out.push_back(Output::Event(super::Event::Handler(h)));
     }
 
-    fn set_all_bits_within_size(&mut self) {
+    pub(super) fn set_all_bits_within_size(&mut self) {
         let bits = self.size.div_ceil(BLOCK_BYTES);
         let _ = self.bitmap.set_bits(0..bits);
         self.queue_dirty_pages();
@@ -1003,6 +1023,8 @@ impl Engine {
         self.sb.uuids.receive_sync_uuid(uuid, role);
         self.write_superblock(After::Superblock);
         self.call_before_resync(false);
+        // A Primary target's writes waited for this (`writes_wait_for_sync_uuid`).
+        self.release_writes_held_for_sync();
     }
 
     // ---- the Primary's side of mirrored writes ----
@@ -1635,7 +1657,7 @@ impl Engine {
         }
         self.out.push_back(Output::Event(super::Event::Detached));
         self.send_state();
-        self.admit_waiting();
+        self.release_writes_held_for_sync();
         self.maybe_finish_down();
     }
 

@@ -605,6 +605,9 @@ impl Engine {
             kib / secs
         ));
         if r.source {
+            if let Some(p) = self.peer.as_mut() {
+                p.target_finishing = true;
+            }
             if ok {
                 self.sb.uuids.finish_resync_as_source();
             }

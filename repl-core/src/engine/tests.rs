@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::meta::{self, AlGeometry, MetaWrite};
-use crate::state::Fencing;
+use crate::state::{Fencing, FORCED_UP_TO_DATE};
 
 /// The single-node tests do not need time to pass.
 const T0: Instant = Instant::from_nanos(0);
@@ -425,8 +425,8 @@ fn invalidate_without_a_peer_marks_everything_out_of_sync() {
     let err = e.command(Command::Invalidate, false).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "State change failed: (-2) Need access to UpToDate data",
-        "a disconnected Primary keeps its only good copy"
+        "State change failed: (-15) Need a connection to start verify or resync",
+        "a Primary can only be invalidated by a full sync from its peer (StartingSyncT)"
     );
     e.command(Command::Secondary, false).unwrap();
     settle(&mut e, &mut d);
@@ -443,4 +443,32 @@ fn invalidate_without_a_peer_marks_everything_out_of_sync() {
         "bitmap persisted"
     );
     assert_eq!(again.state().disk, DiskState::Inconsistent);
+}
+
+#[test]
+fn invalidate_remote_without_a_peer_needs_a_standalone_primary() {
+    let (mut e, mut d) = primary(61);
+    e.command(Command::InvalidateRemote, false).unwrap();
+    assert!(!e.command_pending());
+    settle(&mut e, &mut d);
+    assert_eq!(
+        (e.state().disk, e.state().pdsk),
+        (DiskState::UpToDate, DiskState::Inconsistent),
+        "the next connection makes the peer a full-sync target"
+    );
+    assert_eq!(e.out_of_sync_blocks(), e.bitmap.bits());
+    let again = Engine::attach(config(61), d.on_disk()).unwrap();
+    assert_eq!(
+        again.out_of_sync_blocks(),
+        e.bitmap.bits(),
+        "bitmap persisted"
+    );
+
+    e.command(Command::Secondary, false).unwrap();
+    settle(&mut e, &mut d);
+    let err = e.command(Command::InvalidateRemote, false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "State change failed: (-15) Need a connection to start verify or resync"
+    );
 }

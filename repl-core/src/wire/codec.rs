@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::packet::{
     AckKind, DataFlags, DataKind, Frame, IntegrityAlg, Packet, PeerState, Protocol,
 };
-use crate::state::{DiskState, Role};
+use crate::state::{ConnState, DiskState, Role, StateChange, StateChangeError};
 use crate::types::{Sector, Uuid};
 use crate::uuid::GenerationUuids;
 
@@ -36,6 +36,10 @@ const DATA_FIXED: u32 = 8 + 8 + 4 + 4 + 4 + 1 + 4;
 const RS_REPLY_FIXED: u32 = 8 + 8 + 1 + 4;
 /// Fixed fields of `P_BITMAP`: offset, last.
 const BITMAP_FIXED: u32 = 8 + 1;
+/// `P_STATE_CHG_REQ`: a mask byte, then role, peer, conn, disk, pdsk (0 when not masked).
+const STATE_CHG_REQ_BYTES: u32 = 6;
+/// The mask bits of `P_STATE_CHG_REQ`, one per field in that order.
+const STATE_CHG_MASK_ALL: u8 = 0x1f;
 /// Most bitmap words one `P_BITMAP` can hold.
 const MAX_BITMAP_WORDS: usize = ((MAX_PAYLOAD - BITMAP_FIXED) / 8) as usize;
 
@@ -69,6 +73,8 @@ pub mod cmd {
     pub const P_NEG_RS_DREPLY: u16 = 0x1b;
     pub const P_BARRIER_ACK: u16 = 0x1c;
     pub const P_OUT_OF_SYNC: u16 = 0x28;
+    pub const P_STATE_CHG_REQ: u16 = 0x12;
+    pub const P_STATE_CHG_REPLY: u16 = 0x1d;
     /// [`super::Packet::Data`] with [`super::DataKind::Trim`].
     pub const P_TRIM: u16 = 0x31;
     /// [`super::Packet::Data`] with [`super::DataKind::Zeroes`].
@@ -179,6 +185,13 @@ fn shape(kind: u16) -> Option<Shape> {
         ),
         P_NEG_DREPLY => ("P_NEG_DREPLY", 20, 20, false),
         P_OUT_OF_SYNC => ("P_OUT_OF_SYNC", 12, 12, false),
+        P_STATE_CHG_REQ => (
+            "P_STATE_CHG_REQ",
+            STATE_CHG_REQ_BYTES,
+            STATE_CHG_REQ_BYTES,
+            false,
+        ),
+        P_STATE_CHG_REPLY => ("P_STATE_CHG_REPLY", 4, 4, false),
         _ => return None,
     };
     Some(Shape {
@@ -232,6 +245,8 @@ impl Packet {
             Packet::DataReply { .. } => P_DATA_REPLY,
             Packet::NegDataReply { .. } => P_NEG_DREPLY,
             Packet::OutOfSync { .. } => P_OUT_OF_SYNC,
+            Packet::StateChgReq(_) => P_STATE_CHG_REQ,
+            Packet::StateChgReply(_) => P_STATE_CHG_REPLY,
         }
     }
 
@@ -424,7 +439,9 @@ fn check_packet(p: &Packet) -> Result<(), WireError> {
         | Packet::State(_)
         | Packet::SyncUuid { .. }
         | Packet::Barrier { .. }
-        | Packet::BarrierAck { .. } => {}
+        | Packet::BarrierAck { .. }
+        | Packet::StateChgReq(_)
+        | Packet::StateChgReply(_) => {}
     }
     Ok(())
 }
@@ -659,6 +676,28 @@ fn write_fields<'a>(p: &'a Packet, out: &mut BytesMut) -> Option<&'a Bytes> {
         Packet::OutOfSync { sector, len } => {
             out.put_u64(sector.0);
             out.put_u32(*len);
+        }
+        Packet::StateChgReq(c) => {
+            let fields = [
+                c.role.map(|r| r as u8),
+                c.peer.map(|r| r as u8),
+                c.conn.map(|x| x as u8),
+                c.disk.map(|d| d as u8),
+                c.pdsk.map(|d| d as u8),
+            ];
+            let mask = fields
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.is_some())
+                .fold(0u8, |m, (i, _)| m | (1 << i));
+            out.put_u8(mask);
+            for f in fields {
+                out.put_u8(f.unwrap_or(0));
+            }
+        }
+        Packet::StateChgReply(r) => {
+            // DRBD's SS_SUCCESS is 1.
+            out.put_i32(r.map_or_else(|e| e.code(), |()| 1));
         }
     }
     None
@@ -1074,6 +1113,56 @@ fn decode_packet(kind: u16, name: &'static str, payload: Bytes) -> Result<Packet
             sector: f.sector()?,
             len: f.u32("len")?,
         },
+        P_STATE_CHG_REQ => {
+            let mask = f.u8("mask")?;
+            if mask & !STATE_CHG_MASK_ALL != 0 {
+                return Err(invalid(name, format!("unknown mask bits 0x{mask:02x}")));
+            }
+            let mut vals = [None; 5];
+            for (i, (v, field)) in vals
+                .iter_mut()
+                .zip(["role", "peer", "conn", "disk", "pdsk"])
+                .enumerate()
+            {
+                let raw = f.u8(field)?;
+                if mask & (1 << i) != 0 {
+                    *v = Some(raw);
+                } else if raw != 0 {
+                    return Err(invalid(
+                        name,
+                        format!("{field} is {raw} but not in the mask"),
+                    ));
+                }
+            }
+            let bad = |field: &str, raw: u8| invalid(name, format!("{field} {raw}"));
+            let role = |field: &'static str, v: Option<u8>| {
+                v.map(|r| Role::from_u8(r).ok_or_else(|| bad(field, r)))
+                    .transpose()
+            };
+            let disk = |field: &'static str, v: Option<u8>| {
+                v.map(|d| DiskState::from_u8(d).ok_or_else(|| bad(field, d)))
+                    .transpose()
+            };
+            Packet::StateChgReq(StateChange {
+                role: role("role", vals[0])?,
+                peer: role("peer", vals[1])?,
+                conn: vals[2]
+                    .map(|c| ConnState::from_u8(c).ok_or_else(|| bad("conn", c)))
+                    .transpose()?,
+                disk: disk("disk", vals[3])?,
+                pdsk: disk("pdsk", vals[4])?,
+            })
+        }
+        P_STATE_CHG_REPLY => {
+            let code = f.take::<4>("retcode").map(i32::from_be_bytes)?;
+            // SS_SUCCESS, SS_NOTHING_TO_DO, SS_CW_SUCCESS, SS_CW_NO_NEED are all success.
+            let result = match code {
+                1..=4 => Ok(()),
+                c => Err(StateChangeError::from_code(c)
+                    .ok_or_else(|| invalid(name, format!("retcode {c}")))?),
+            };
+            Packet::StateChgReply(result)
+        }
         other => return Err(WireError::UnknownKind(other)),
     };
     Ok(packet)
@@ -1267,6 +1356,24 @@ mod tests {
                 len
             }),
             arb_range().prop_map(|(sector, len)| Packet::OutOfSync { sector, len }),
+            (
+                proptest::option::of(proptest::sample::select(Role::ALL)),
+                proptest::option::of(proptest::sample::select(Role::ALL)),
+                proptest::option::of(proptest::sample::select(ConnState::ALL)),
+                proptest::option::of(proptest::sample::select(DiskState::ALL)),
+                proptest::option::of(proptest::sample::select(DiskState::ALL)),
+            )
+                .prop_map(|(role, peer, conn, disk, pdsk)| Packet::StateChgReq(
+                    StateChange {
+                        role,
+                        peer,
+                        conn,
+                        disk,
+                        pdsk
+                    }
+                )),
+            proptest::option::of(proptest::sample::select(StateChangeError::SS))
+                .prop_map(|e| Packet::StateChgReply(e.map_or(Ok(()), Err))),
         ]
     }
 
@@ -1641,6 +1748,71 @@ mod tests {
             },
         };
         assert_eq!(err(&encode_to_vec(&reply)), "P_RS_DATA_REPLY: no data");
+    }
+
+    #[test]
+    fn state_change_field_errors() {
+        let req = Frame {
+            volume: 0,
+            packet: Packet::StateChgReq(StateChange {
+                role: Some(Role::Primary),
+                conn: Some(ConnState::StartingSyncS),
+                ..StateChange::default()
+            }),
+        };
+        let good = encode_to_vec(&req);
+        assert_eq!(good.len(), HEADER_BYTES + 6);
+        assert_eq!(&good[HEADER_BYTES..], &[0b101, 1, 0, 11, 0, 0]);
+        assert_eq!(decode_all(&good).unwrap(), req);
+        for (at, v, msg) in [
+            (0, 0x20, "P_STATE_CHG_REQ: unknown mask bits 0x20"),
+            (0, 0x01, "P_STATE_CHG_REQ: conn is 11 but not in the mask"),
+            (1, 3, "P_STATE_CHG_REQ: role 3"),
+            (2, 1, "P_STATE_CHG_REQ: peer is 1 but not in the mask"),
+            (3, 24, "P_STATE_CHG_REQ: conn 24"),
+        ] {
+            let mut b = good.clone();
+            b[HEADER_BYTES + at] = v;
+            assert_eq!(err(&b), msg);
+        }
+        let mut b = good.clone();
+        b[HEADER_BYTES] = 0x1f;
+        b[HEADER_BYTES + 4] = 9;
+        assert_eq!(err(&b), "P_STATE_CHG_REQ: disk 9");
+        // Every length is checked from the header alone.
+        let mut b = good.clone();
+        b.push(0);
+        b[8..12].copy_from_slice(&7u32.to_be_bytes());
+        assert_eq!(err(&b), "P_STATE_CHG_REQ: payload of 7 bytes, expected 6");
+        let reply = |r| Frame {
+            volume: 0,
+            packet: Packet::StateChgReply(r),
+        };
+        let ok = encode_to_vec(&reply(Ok(())));
+        assert_eq!(&ok[HEADER_BYTES..], &1i32.to_be_bytes());
+        let refused = encode_to_vec(&reply(Err(StateChangeError::TwoPrimaries)));
+        assert_eq!(&refused[HEADER_BYTES..], &(-1i32).to_be_bytes());
+        assert_eq!(
+            decode_all(&refused).unwrap(),
+            reply(Err(StateChangeError::TwoPrimaries))
+        );
+        // SS_NOTHING_TO_DO, SS_CW_SUCCESS and SS_CW_NO_NEED are success too.
+        for code in 2..=4i32 {
+            let mut b = ok.clone();
+            b[HEADER_BYTES..].copy_from_slice(&code.to_be_bytes());
+            assert_eq!(decode_all(&b).unwrap(), reply(Ok(())));
+        }
+        for code in [0i32, 5, -22, 124, i32::MIN] {
+            let mut b = ok.clone();
+            b[HEADER_BYTES..].copy_from_slice(&code.to_be_bytes());
+            assert_eq!(err(&b), format!("P_STATE_CHG_REPLY: retcode {code}"));
+        }
+        let mut b = ok.clone();
+        b.pop();
+        b[8..12].copy_from_slice(&3u32.to_be_bytes());
+        assert_eq!(err(&b), "P_STATE_CHG_REPLY: payload of 3 bytes, expected 4");
+        assert_eq!(req.packet.name(), "P_STATE_CHG_REQ");
+        assert!(!req.packet.is_connection_level());
     }
 
     #[test]

@@ -6,13 +6,16 @@
 
 use bytes::Bytes;
 
-use crate::state::{DiskState, Role};
+use crate::state::{DiskState, Role, StateChange, StateChangeError};
 use crate::types::Sector;
 use crate::uuid::GenerationUuids;
 
 /// The wire protocol versions this build speaks (the handshake agrees on the highest common).
 pub const MIN_VERSION: u32 = 1;
-pub const MAX_VERSION: u32 = 1;
+pub const MAX_VERSION: u32 = 2;
+/// The first version with cluster-wide state changes ([`Packet::StateChgReq`],
+/// [`Packet::StateChgReply`]); with an older peer a node changes its state alone.
+pub const STATE_CHG_VERSION: u32 = 2;
 
 /// DRBD's replication protocols (section 1 of the reference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -227,6 +230,13 @@ pub enum Packet {
         sector: Sector,
         len: u32,
     },
+    /// `P_STATE_CHG_REQ`: the sender asks to make this change to its state (its own point of
+    /// view); the peer validates it against its own state and answers
+    /// [`Packet::StateChgReply`]. Version [`STATE_CHG_VERSION`] and later.
+    StateChgReq(StateChange),
+    /// `P_STATE_CHG_REPLY`: the answer to the oldest unanswered [`Packet::StateChgReq`]: done
+    /// (the peer already applied it), or DRBD's refusal.
+    StateChgReply(Result<(), StateChangeError>),
 }
 
 /// A packet with the volume it concerns (0 for connection-level packets).
