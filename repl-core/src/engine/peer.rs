@@ -1023,8 +1023,6 @@ impl Engine {
         self.sb.uuids.receive_sync_uuid(uuid, role);
         self.write_superblock(After::Superblock);
         self.call_before_resync(false);
-        // A Primary target's writes waited for this (`writes_wait_for_sync_uuid`).
-        self.release_writes_held_for_sync();
     }
 
     // ---- the Primary's side of mirrored writes ----

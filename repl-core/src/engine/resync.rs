@@ -197,6 +197,9 @@ impl Engine {
         if source {
             self.resync_progress();
         } else {
+            // A Primary target's writes waited for the sync UUID (`writes_wait_for_sync_uuid`)
+            // and, with the handler awaited, for the resync to start.
+            self.release_writes_held_for_sync();
             self.request_resync_data();
         }
     }
