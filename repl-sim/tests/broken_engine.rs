@@ -8,13 +8,20 @@ use std::sync::Arc;
 use repl_core::engine::Bug;
 use repl_sim::{run, FaultLevel, Options};
 
-const SEEDS: u64 = 40;
+/// Up to this many seeds are tried; the hunt stops at the first catch. With the engine's and
+/// the simulator's choices of today the data-loss catch comes first at seed 69 (13 of the
+/// first 300 seeds catch it), the ack-order catch much earlier.
+const SEEDS: u64 = 150;
 const STEPS: u64 = 1000;
 
-/// Runs the broken engine over the seed budget; returns `(seed, invariant)` of each catch.
-fn hunt(check_ack_order: bool) -> Vec<(u64, &'static str)> {
+/// Runs the broken engine over the seed budget until a catch breaks one of `wanted`;
+/// returns `(seed, invariant)` of each catch on the way.
+fn hunt(check_ack_order: bool, wanted: &[&str]) -> Vec<(u64, &'static str)> {
     let mut caught = Vec::new();
     for seed in 0..SEEDS {
+        if caught.iter().any(|(_, i)| wanted.contains(i)) {
+            break;
+        }
         let mut o = Options::new(seed, FaultLevel::Light, STEPS);
         o.hook = Some(Arc::new(|e| e.inject_bug(Bug::AckBeforePeer)));
         o.check_ack_order = check_ack_order;
@@ -29,7 +36,7 @@ fn hunt(check_ack_order: bool) -> Vec<(u64, &'static str)> {
             caught.push((seed, v.invariant));
         }
     }
-    println!("caught by {} of {SEEDS} seeds: {caught:?}", caught.len());
+    println!("catches up to the first wanted one: {caught:?}");
     caught
 }
 
@@ -48,7 +55,7 @@ fn clean_run_differs(seed: u64, invariant: &str) {
 
 #[test]
 fn ack_before_peer_is_caught_by_the_ack_order_check() {
-    let caught = hunt(true);
+    let caught = hunt(true, &["protocol-c-ack"]);
     let Some(&(seed, invariant)) = caught.first() else {
         panic!("no seed in 0..{SEEDS} caught Bug::AckBeforePeer");
     };
@@ -58,7 +65,7 @@ fn ack_before_peer_is_caught_by_the_ack_order_check() {
 
 #[test]
 fn ack_before_peer_loses_data_the_model_notices() {
-    let caught = hunt(false);
+    let caught = hunt(false, &["acked-write-lost", "read-your-writes"]);
     let Some(&(seed, invariant)) = caught
         .iter()
         .find(|(_, i)| ["acked-write-lost", "read-your-writes"].contains(i))
