@@ -398,6 +398,65 @@ impl Engine {
         Ok(engine)
     }
 
+    /// A node without a disk (`disk none`, DRBD's Diskless): no metadata, no activity log, no
+    /// bitmap; the size comes from the peer's `P_SIZES`, and every request is served by the
+    /// peer once connected. Drain [`Engine::poll_output`] afterwards (nothing is written).
+    ///
+    /// # Errors
+    /// None in practice (the activity log of a diskless node holds nothing); kept for the
+    /// same shape as [`Engine::attach`].
+    pub fn diskless(cfg: EngineConfig) -> Result<Engine, AttachError> {
+        let al_geometry = crate::meta::AlGeometry::default();
+        let layout = Layout::internal(crate::meta::MIN_DEVICE_BYTES, al_geometry)
+            .map_err(|_| StateChangeError::NoDisk)?;
+        let mut sb = Superblock::fresh(&layout);
+        sb.uuids = GenerationUuids::default();
+        sb.flags = MdFlags(0);
+        let al = ActivityLog::new(cfg.al_extents.max(1), al_geometry)?;
+        let state = NodeState {
+            conn: ConnState::StandAlone,
+            ..NodeState::DOWN
+        };
+        Ok(Engine {
+            rng: Rng::new(cfg.seed),
+            cfg,
+            layout,
+            sb,
+            state,
+            al,
+            bitmap: Bitmap::new(Sector(0)),
+            size: 0,
+            next_req: 0,
+            next_op: 0,
+            requests: HashMap::new(),
+            ops: HashMap::new(),
+            waiting: VecDeque::new(),
+            staged: None,
+            meta_queue: VecDeque::new(),
+            meta_busy: false,
+            gating_superblocks: 0,
+            going_down: false,
+            counters: Counters::default(),
+            out: VecDeque::new(),
+            peer: None,
+            link_gen: 0,
+            peer_writes: HashMap::new(),
+            acks_after_bitmap: Vec::new(),
+            next_bitmap_mark: 0,
+            peer_wait: VecDeque::new(),
+            next_peer_write: 0,
+            crashed_primary: false,
+            down_reported: false,
+            #[cfg(feature = "sim-bugs")]
+            bug: None,
+        })
+    }
+
+    /// Usable bytes: the disk's, or for a diskless node what the peer reported.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Switches on a deliberate defect, so that the simulator can show it catches it.
     #[cfg(feature = "sim-bugs")]
     pub fn inject_bug(&mut self, bug: Bug) {

@@ -789,3 +789,46 @@ fn promotion_during_the_handshake_is_refused_as_transient() {
         "the peer decides on the UUIDs it already has"
     );
 }
+
+#[test]
+fn a_node_without_a_disk_connects_and_serves_through_its_peer() {
+    let mut p = Pair::synced(Protocol::C);
+    p.n[0].e.command(Command::Secondary, false).unwrap();
+    p.settle();
+    // Node 1 becomes a `disk none` node: a diskless engine in place of its disk.
+    let mut cfg = config(61);
+    cfg.seed = 9;
+    cfg.net = Some(net_config(Protocol::C));
+    let mut e = Engine::diskless(cfg).unwrap();
+    assert_eq!(e.state().disk, DiskState::Diskless);
+    e.command(Command::Connect, false).unwrap();
+    p.cut();
+    p.n[1].e = e;
+    p.n[1].events.clear();
+    p.connect();
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::Diskless));
+    assert_eq!(p.n[1].e.state().pdsk, DiskState::UpToDate);
+    assert_eq!(p.n[0].e.state().pdsk, DiskState::Diskless);
+    assert_eq!(p.n[1].e.size(), p.n[0].e.size(), "the size is the peer's");
+    assert!(!p.n[1].logged("Began resync"), "nothing to resync");
+    p.n[1]
+        .e
+        .command(Command::Primary { force: false }, false)
+        .unwrap();
+    p.settle();
+    let w = p.submit(1, write(8192, 0x7E, 4096));
+    assert_eq!(p.n[1].completions.last(), Some(&(w, Ok(None))));
+    assert_eq!(p.n[0].d.get(8192, 4096), &[0x7E; 4096][..]);
+    let r = p.submit(
+        1,
+        Request::Read {
+            offset: 8192,
+            len: 4096,
+        },
+    );
+    assert_eq!(
+        p.n[1].completions.last(),
+        Some(&(r, Ok(Some(Bytes::from(vec![0x7E; 4096])))))
+    );
+}

@@ -457,6 +457,14 @@ impl Engine {
             return;
         };
         peer.sizes = Some(backing);
+        if self.state.disk <= DiskState::Diskless {
+            // No disk: the device is as large as the peer's (`drbd_set_my_capacity`).
+            if backing > 0 && backing != self.size {
+                self.size = backing - backing % Sector::SIZE;
+                self.log(format!("size = {} KB (the peer's disk)", self.size / 1024));
+            }
+            return;
+        }
         if backing == 0 || backing >= self.size {
             return;
         }
@@ -606,6 +614,20 @@ impl Engine {
         };
         let params = peer.params;
         let sent_bits = peer.sent_bits;
+        if self.state.disk <= DiskState::Diskless || their_state.disk <= DiskState::Diskless {
+            // One side has no disk: nothing to compare or resync (DRBD runs
+            // `drbd_sync_handshake` only when both disks are at least Negotiating).
+            if let Some(p) = self.peer.as_mut() {
+                p.phase = Phase::Running;
+            }
+            self.force_state(|s| {
+                s.conn = ConnState::Connected;
+                s.peer = their_state.role;
+                s.pdsk = their_state.disk;
+            });
+            self.write_superblock(After::Nothing);
+            return;
+        }
         let mut my_flags = UuidFlags::default();
         if self.crashed_primary {
             my_flags = UuidFlags(my_flags.0 | UuidFlags::CRASHED_PRIMARY.0);
