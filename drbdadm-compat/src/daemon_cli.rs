@@ -120,13 +120,19 @@ pub fn discard_my_data(setup: &[String]) -> Result<bool, String> {
     Ok(on)
 }
 
+/// The commands that act on a whole resource: `RES/VOL` is refused for them, as drbdadm
+/// refuses it.
+const WHOLE_RESOURCE: &[&str] = &["down", "connect", "disconnect", "status", "adjust"];
+
 /// drbdsetup's exit code for a command line it cannot parse.
 const E_SYNTAX: i32 = 20;
 
-/// One resource the command names, on this node.
+/// One resource (or one volume of it, `RES/VOL`) the command names, on this node.
 #[derive(Debug, Clone)]
 struct Target {
     name: String,
+    /// `RES/VOL`: only this volume (`volumes` and `eff` hold only it).
+    volume: Option<u32>,
     /// The effective configuration; `None` when it cannot be resolved (the daemon then says
     /// why, if it is asked).
     eff: Option<EffectiveResource>,
@@ -135,6 +141,14 @@ struct Target {
 }
 
 impl Target {
+    /// What the daemon is told: `RES`, or `RES/VOL` for one volume.
+    fn id(&self) -> String {
+        match self.volume {
+            Some(v) => format!("{}/{v}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     fn minor(&self) -> u32 {
         self.volumes.first().map_or(0, |v| v.1)
     }
@@ -199,7 +213,7 @@ pub fn run(inv: &Invocation, env: &NodeEnv, opts: &DaemonOptions) -> Outcome {
         return out;
     }
     for t in &targets {
-        let name = t.name.clone();
+        let name = t.id();
         let (op, limit) = match cmd {
             "up" => (
                 Op::Up {
@@ -660,6 +674,7 @@ fn resources(inv: &Invocation, env: &NodeEnv) -> Result<(PathBuf, Vec<Target>), 
         .filter(|r| !r.ignore && !r.stacked)
         .map(|r| Target {
             name: r.name.clone(),
+            volume: None,
             eff: resolve(config, r, &env.nodename).ok(),
             volumes: r
                 .me
@@ -690,17 +705,50 @@ fn resources(inv: &Invocation, env: &NodeEnv) -> Result<(PathBuf, Vec<Target>), 
             targets.extend(mine.iter().cloned());
             continue;
         }
-        // Volume 0 is the only volume tandemd serves; `RES/0` names it too.
-        let name = arg.strip_suffix("/0").unwrap_or(arg);
-        let Some(t) = mine.iter().find(|m| m.name == name) else {
-            let msg = format!("'{arg}' not defined in your config (for this host).\n");
-            return Err(Outcome {
-                stderr: msg,
-                code: E_USAGE,
-                ..Outcome::default()
-            });
+        let usage = |msg: String| Outcome {
+            stderr: msg,
+            code: E_USAGE,
+            ..Outcome::default()
         };
-        targets.push(t.clone());
+        let undefined = || {
+            usage(format!(
+                "'{arg}' not defined in your config (for this host).\n"
+            ))
+        };
+        let (name, vnr) = match arg.split_once('/') {
+            Some((n, v)) => (n, Some(v.parse::<u32>().map_err(|_| undefined())?)),
+            None => (arg.as_str(), None),
+        };
+        let Some(t) = mine.iter().find(|m| m.name == name) else {
+            return Err(undefined());
+        };
+        let mut t = t.clone();
+        match vnr {
+            Some(v) => {
+                if !t.volumes.iter().any(|&(vol, _)| vol == v) {
+                    return Err(undefined());
+                }
+                if WHOLE_RESOURCE.contains(&inv.command.as_str()) {
+                    return Err(usage(format!(
+                        "{} operates on whole resources, but you specified a specific volume!\n",
+                        inv.command
+                    )));
+                }
+                t.volume = Some(v);
+                t.volumes.retain(|&(vol, _)| vol == v);
+                if let Some(eff) = t.eff.as_mut() {
+                    eff.volumes.retain(|x| x.vnr == v);
+                }
+            }
+            None if inv.command == "new-current-uuid" && t.volumes.len() > 1 => {
+                return Err(usage(format!(
+                    "new-current-uuid requires a specific volume id, but none is specified.\n\
+                     Try 'new-current-uuid minor-<minor_number>' or 'new-current-uuid {name}/<vnr>'\n"
+                )));
+            }
+            None => {}
+        }
+        targets.push(t);
     }
     Ok((config_file(inv), targets))
 }
