@@ -623,7 +623,8 @@ impl Daemon {
     ) -> Result<(), ControlError> {
         let res = &eff.name;
         if !h.shared.is_detached() {
-            // The task gives DRBD's answer (attached already, or diskless after an I/O error).
+            // The engine runs: attached already, or diskless after an I/O error, when it
+            // takes the reopened disk itself.
             let (reply, rx) = oneshot::channel();
             let probe = Control::Status { reply };
             h.control.send(probe).await.map_err(|_| not_up(res))?;
@@ -634,6 +635,26 @@ impl Daemon {
                     format!("{}: {}", vol.minor, StateChangeError::DiskConfigured),
                 ));
             }
+            info!(
+                "block drbd{}: attaching {} again (resource {res}, volume {})",
+                vol.minor,
+                vol.disk.as_deref().unwrap_or("none"),
+                vol.vnr
+            );
+            let (name, v) = (eff.name.clone(), vol.clone());
+            let backing = blocking(move || crate::disk::open_volume(&name, &v)).await?;
+            let (reply, rx) = oneshot::channel();
+            let msg = Control::Reattach {
+                backing: Box::new(backing),
+                reply,
+            };
+            h.control.send(msg).await.map_err(|_| not_up(res))?;
+            return rx.await.unwrap_or_else(|_| {
+                Err(ControlError::new(
+                    E_EXEC_ERROR,
+                    format!("{res}: the resource task ended while attaching"),
+                ))
+            });
         }
         let p = self.prepare(eff, vol).await?;
         let (reply, rx) = oneshot::channel();

@@ -179,6 +179,13 @@ pub enum Control {
         attachment: Box<Attachment>,
         reply: oneshot::Sender<Result<(), ControlError>>,
     },
+    /// `attach` of a volume whose engine runs without its disk (detached after an I/O
+    /// error): the reopened devices and metadata go to the running engine
+    /// ([`Engine::reattach`]); `reply` is answered once the attach's metadata is durable.
+    Reattach {
+        backing: Box<crate::disk::Backing>,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
 }
 
 /// An engine attached to freshly opened metadata (or a diskless one, without devices).
@@ -469,7 +476,7 @@ impl Task {
                 Some((op, result)) = done.recv() => self.engine.disk_done(op, result),
                 Some(ev) = link.recv() => self.link_event(ev),
                 Some(c) = control.recv() => self.control(c),
-                Some(r) = io.recv() => self.io(r),
+                Some(r) = io.recv(), if !self.hold_io() => self.io(r),
                 _ = sleep_until_some(engine_tick), if engine_tick.is_some() => {
                     let now = self.now();
                     self.engine.tick(now);
@@ -507,6 +514,13 @@ impl Task {
                     Control::Attach { attachment, reply } => {
                         self.install(*attachment, reply);
                         return true;
+                    }
+                    Control::Reattach { reply, .. } => {
+                        // Raced with a detach: the daemon attaches a new engine instead.
+                        let _ = reply.send(Err(ControlError::new(
+                            11,
+                            format!("{}: the disk was detached meanwhile; run drbdadm attach again", self.shared.minor),
+                        )));
                     }
                     Control::Command { cmd: Command::Down, reply, .. } => {
                         info!("{}: down", self.prefix());
@@ -882,20 +896,10 @@ impl Task {
                 let _ = reply.send(r);
             }
             Control::Attach { reply, .. } => {
-                // Only a Diskless resource takes a new disk.
-                let r = if self.engine.state().disk > DiskState::Diskless {
-                    Err(self.refusal(StateChangeError::DiskConfigured.into()))
-                } else {
-                    Err(ControlError::new(
-                        10,
-                        format!(
-                            "{}: re-attaching after an I/O error is not supported yet; run drbdadm down {} and drbdadm up {}",
-                            self.shared.minor, self.shared.name, self.shared.name
-                        ),
-                    ))
-                };
-                let _ = reply.send(r);
+                // The engine runs: it takes the disk itself (`Reattach`).
+                let _ = reply.send(Err(self.refusal(StateChangeError::DiskConfigured.into())));
             }
+            Control::Reattach { backing, reply } => self.reattach(*backing, reply),
             Control::Command {
                 cmd,
                 shutdown,
@@ -975,6 +979,52 @@ impl Task {
             );
         }
         r.map_err(|e| self.refusal(e))
+    }
+
+    /// `attach` of the running engine's lost disk: the engine replays the reopened metadata
+    /// and, while connected, negotiates the disk with the peer again.
+    fn reattach(
+        &mut self,
+        b: crate::disk::Backing,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    ) {
+        info!("{}: attaching the disk again", self.prefix());
+        let crate::disk::Backing {
+            data,
+            meta,
+            on_disk,
+            size: _,
+        } = b;
+        match self.engine.reattach(on_disk) {
+            Ok(()) => {
+                self.data = Some(data);
+                self.meta = Some(meta);
+                self.attached = Some(reply);
+                self.reattached = false;
+                self.status_dirty = true;
+            }
+            Err(e) => {
+                warn!("{}: attach: {e}", self.prefix());
+                let code = match &e {
+                    repl_core::engine::AttachError::State(s) => s.exit_code(),
+                    _ => 10,
+                };
+                let _ = reply.send(Err(ControlError::new(
+                    code,
+                    format!("{}: {e}", self.shared.minor),
+                )));
+            }
+        }
+    }
+
+    /// Whether NBD requests wait: a disk attached on a live connection is being placed by the
+    /// handshake (Negotiating, or a Primary's bitmap exchange as the target), and its bitmap
+    /// does not yet say which of its blocks are stale.
+    fn hold_io(&self) -> bool {
+        let st = self.engine.state();
+        st.disk == DiskState::Negotiating
+            || (st.role == Role::Primary
+                && matches!(st.conn, ConnState::WFBitMapT | ConnState::WFSyncUUID))
     }
 
     /// DRBD's refusal of a `connect` on a resource that is not StandAlone.

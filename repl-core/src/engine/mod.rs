@@ -96,6 +96,15 @@ pub enum AttachError {
     Bitmap(#[from] crate::bitmap::BitmapError),
     #[error("{0}")]
     State(#[from] StateChangeError),
+    /// `ERR_DATA_NOT_CURRENT`: a disconnected Primary serves the peer's data, which this disk
+    /// may not hold.
+    #[error("Failure: (150) Can only attach to the data we lost last (see kernel log).")]
+    DataNotCurrent,
+    /// `ERR_DISK_TOO_SMALL`.
+    #[error(
+        "Failure: (111) Low.dev. smaller than requested DRBD-dev. size ({disk} < {device} bytes)"
+    )]
+    TooSmall { disk: u64, device: u64 },
 }
 
 /// A command from the operator (`drbdadm`).
@@ -281,6 +290,9 @@ pub struct Engine {
     crashed_primary: bool,
     /// `Event::Down` went out for a disk that was already gone.
     down_reported: bool,
+    /// A disk attached while connected shows `Negotiating`: the disk state its metadata gives,
+    /// taken once the handshake with the peer decides (DRBD's `new_state_tmp.disk`).
+    negotiating: Option<DiskState>,
     #[cfg(feature = "sim-bugs")]
     bug: Option<Bug>,
 }
@@ -294,66 +306,17 @@ impl Engine {
     /// # Errors
     /// A ring or bitmap that cannot be used, or a refused attach.
     pub fn attach(cfg: EngineConfig, disk: OnDisk) -> Result<Engine, AttachError> {
-        let OnDisk {
+        let size = disk.layout.max_usable.bytes();
+        let Loaded {
             layout,
-            superblock,
-            al_ring,
+            sb,
             bitmap,
-        } = disk;
-        let size = layout.max_usable.bytes();
-        let bits = size.div_ceil(crate::bitmap::BLOCK_BYTES);
-        let bytes = bitmap;
-        let mut bitmap = Bitmap::from_bytes(bits, &bytes)?;
-        // 32 MiB for a 1 TiB volume: not kept beside the decoded copy.
-        drop(bytes);
-        let mut out = VecDeque::new();
-        let mut sb = superblock;
-        // MDF_CRASHED_PRIMARY keeps the fact across clean restarts until a resync or a
-        // promotion settles it.
-        let crashed_primary = (sb.state == MdState::Unclean && sb.must_apply_al())
-            || sb.flags.contains(MdFlags::CRASHED_PRIMARY);
-        if crashed_primary {
-            sb.flags = sb.flags.with(MdFlags::CRASHED_PRIMARY);
-        }
-        let mut meta_queue = VecDeque::new();
-        if sb.state == MdState::Unclean {
-            let replay = al::replay(&al_ring, layout.al)?;
-            if sb.must_apply_al() {
-                let before = bitmap.count();
-                for e in &replay.hot {
-                    bitmap.set_extent(*e);
-                }
-                let kib = (bitmap.count() - before) * 4;
-                out.push_back(Output::Event(Event::Log(format!(
-                    "Marked additional {kib} KB as out-of-sync based on AL."
-                ))));
-            }
-            for page in bitmap.take_dirty_pages() {
-                meta_queue.push_back(bitmap_page_step(&layout, &bitmap, page));
-            }
-            // Clean before the ring is rewritten: a crash that tears the rewrite then leaves
-            // a superblock that does not ask for a replay.
-            sb = sb.al_applied();
-            meta_queue.push_back(MetaStep {
-                offset: layout.md_offset,
-                data: Bytes::copy_from_slice(&sb.encode()),
-                after: After::Nothing,
-            });
-        }
-        // Every attach starts a fresh ring, as `drbdmeta apply-al` does before every kernel
-        // attach: transaction numbers restart at 0, so older ones must not survive to be
-        // replayed as newer after the next crash.
-        meta_queue.push_back(MetaStep {
-            offset: layout.al_start(),
-            data: Bytes::from(al::initialized_ring(layout.al)),
-            after: After::Nothing,
-        });
-        let al = ActivityLog::new(cfg.al_extents, layout.al)?;
-        let meta = AttachMeta {
-            consistent: sb.flags.contains(MdFlags::CONSISTENT),
-            was_up_to_date: sb.flags.contains(MdFlags::WAS_UP_TO_DATE),
-            peer_outdated: sb.flags.contains(MdFlags::PEER_OUT_DATED),
-        };
+            al,
+            meta_queue,
+            out,
+            crashed_primary,
+            meta,
+        } = Loaded::read(&cfg, disk, size)?;
         let down = NodeState {
             conn: ConnState::StandAlone,
             ..NodeState::DOWN
@@ -389,6 +352,7 @@ impl Engine {
             next_peer_write: 0,
             crashed_primary,
             down_reported: false,
+            negotiating: None,
             #[cfg(feature = "sim-bugs")]
             bug: None,
         };
@@ -396,6 +360,81 @@ impl Engine {
         engine.set_state(attached.state);
         engine.write_superblock(After::Superblock);
         Ok(engine)
+    }
+
+    /// `attach` of a Diskless node (after an I/O error detached its disk, or a `disk none`
+    /// node given one): replays the activity log of `disk` as [`Engine::attach`] does and
+    /// records the attach in the superblock; [`Event::MetadataWritten`] follows when it is
+    /// durable. While connected the disk shows `Negotiating` and the handshake with the peer
+    /// runs again on this connection (sizes, UUIDs, state), which brings the disk back as
+    /// DRBD does: no resync, or a resync from the peer of what changed meanwhile.
+    ///
+    /// # Errors
+    /// The node has a disk, is going down or in the middle of a handshake; a Primary that is
+    /// not connected (its data is the peer's: DRBD attaches only current data then); a disk
+    /// smaller than the device; a ring or bitmap that cannot be used.
+    pub fn reattach(&mut self, disk: OnDisk) -> Result<(), AttachError> {
+        if self.state.disk > DiskState::Diskless {
+            return Err(StateChangeError::DiskConfigured.into());
+        }
+        if self.going_down {
+            return Err(StateChangeError::InTransientState.into());
+        }
+        let connected = self.state.conn == ConnState::Connected
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.phase == peer::Phase::Running);
+        if self.state.conn > ConnState::StandAlone
+            && self.state.conn != ConnState::WFConnection
+            && !connected
+        {
+            return Err(StateChangeError::InTransientState.into());
+        }
+        if self.state.role == Role::Primary && !connected {
+            return Err(AttachError::DataNotCurrent);
+        }
+        let usable = disk.layout.max_usable.bytes();
+        let size = if connected && self.size > 0 {
+            if usable < self.size {
+                return Err(AttachError::TooSmall {
+                    disk: usable,
+                    device: self.size,
+                });
+            }
+            self.size
+        } else {
+            usable
+        };
+        let loaded = Loaded::read(&self.cfg, disk, size)?;
+        let ctx = self.cfg.context;
+        let attached = self.state.attach(loaded.meta, &ctx)?;
+        self.layout = loaded.layout;
+        self.sb = loaded.sb.attached();
+        self.bitmap = loaded.bitmap;
+        self.al = loaded.al;
+        self.meta_queue = loaded.meta_queue;
+        self.meta_busy = false;
+        self.gating_superblocks = 0;
+        self.out.extend(loaded.out);
+        self.crashed_primary = loaded.crashed_primary;
+        self.size = size;
+        self.sb.la_size = Sector(size / Sector::SIZE);
+        self.down_reported = false;
+        self.set_state(attached.state);
+        self.write_superblock(After::Superblock);
+        if attached.state.disk == DiskState::Negotiating {
+            self.negotiating = Some(attached.disk_after_handshake);
+            // DRBD's last part of attaching while connected: the peer learns the disk.
+            self.send(crate::wire::Packet::Sizes {
+                backing: size,
+                requested: 0,
+                current: size,
+            });
+            self.send_uuids(crate::uuid::UuidFlags::default());
+            self.send_state();
+        }
+        Ok(())
     }
 
     /// A node without a disk (`disk none`, DRBD's Diskless): no metadata, no activity log, no
@@ -447,6 +486,7 @@ impl Engine {
             next_peer_write: 0,
             crashed_primary: false,
             down_reported: false,
+            negotiating: None,
             #[cfg(feature = "sim-bugs")]
             bug: None,
         })
@@ -1110,6 +1150,94 @@ impl Engine {
         });
         self.sb = clean;
         self.pump_meta();
+    }
+}
+
+/// A disk's metadata made ready for an engine: the AL replayed into the bitmap, the metadata
+/// writes that replay and a fresh ring need, and the facts the attach state rule reads.
+struct Loaded {
+    layout: Layout,
+    sb: Superblock,
+    bitmap: Bitmap,
+    al: ActivityLog,
+    meta_queue: VecDeque<MetaStep>,
+    out: VecDeque<Output>,
+    crashed_primary: bool,
+    meta: AttachMeta,
+}
+
+impl Loaded {
+    /// Reads `disk` for a device of `size` bytes.
+    fn read(cfg: &EngineConfig, disk: OnDisk, size: u64) -> Result<Loaded, AttachError> {
+        let OnDisk {
+            layout,
+            superblock,
+            al_ring,
+            bitmap,
+        } = disk;
+        let bits = size.div_ceil(crate::bitmap::BLOCK_BYTES);
+        let bytes = bitmap;
+        let mut bitmap = Bitmap::from_bytes(bits, &bytes)?;
+        // 32 MiB for a 1 TiB volume: not kept beside the decoded copy.
+        drop(bytes);
+        let mut out = VecDeque::new();
+        let mut sb = superblock;
+        // MDF_CRASHED_PRIMARY keeps the fact across clean restarts until a resync or a
+        // promotion settles it.
+        let crashed_primary = (sb.state == MdState::Unclean && sb.must_apply_al())
+            || sb.flags.contains(MdFlags::CRASHED_PRIMARY);
+        if crashed_primary {
+            sb.flags = sb.flags.with(MdFlags::CRASHED_PRIMARY);
+        }
+        let mut meta_queue = VecDeque::new();
+        if sb.state == MdState::Unclean {
+            let replay = al::replay(&al_ring, layout.al)?;
+            if sb.must_apply_al() {
+                let before = bitmap.count();
+                for e in &replay.hot {
+                    bitmap.set_extent(*e);
+                }
+                let kib = (bitmap.count() - before) * 4;
+                out.push_back(Output::Event(Event::Log(format!(
+                    "Marked additional {kib} KB as out-of-sync based on AL."
+                ))));
+            }
+            for page in bitmap.take_dirty_pages() {
+                meta_queue.push_back(bitmap_page_step(&layout, &bitmap, page));
+            }
+            // Clean before the ring is rewritten: a crash that tears the rewrite then leaves
+            // a superblock that does not ask for a replay.
+            sb = sb.al_applied();
+            meta_queue.push_back(MetaStep {
+                offset: layout.md_offset,
+                data: Bytes::copy_from_slice(&sb.encode()),
+                after: After::Nothing,
+            });
+        }
+        // Every attach starts a fresh ring, as `drbdmeta apply-al` does before every kernel
+        // attach: transaction numbers restart at 0, so older ones must not survive to be
+        // replayed as newer after the next crash.
+        meta_queue.push_back(MetaStep {
+            offset: layout.al_start(),
+            data: Bytes::from(al::initialized_ring(layout.al)),
+            after: After::Nothing,
+        });
+        let al = ActivityLog::new(cfg.al_extents, layout.al)?;
+        let meta = AttachMeta {
+            consistent: sb.flags.contains(MdFlags::CONSISTENT),
+            was_up_to_date: sb.flags.contains(MdFlags::WAS_UP_TO_DATE),
+            peer_outdated: sb.flags.contains(MdFlags::PEER_OUT_DATED),
+        };
+        Ok(Loaded {
+            layout,
+            sb,
+            bitmap,
+            al,
+            meta_queue,
+            out,
+            crashed_primary,
+            meta,
+        })
     }
 }
 

@@ -832,3 +832,82 @@ fn a_node_without_a_disk_connects_and_serves_through_its_peer() {
         Some(&(r, Ok(Some(Bytes::from(vec![0x7E; 4096])))))
     );
 }
+
+/// Node `i`'s disk failed (writes fail until `fail_writes` is cleared); it is attached again
+/// while connected and must rejoin through the handshake and a resync from its peer.
+fn reattach_after_failure(i: usize) {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(0, 0x11, 4096));
+    p.n[i].fail_writes = true;
+    p.submit(0, write(4096, 0x22, 4096));
+    assert_eq!(p.n[i].e.state().disk, DiskState::Diskless);
+    // Writes while the disk is gone reach only the other node.
+    for k in 0..8u64 {
+        p.submit(0, write((k + 2) * 65536, 0x30 + k as u8, 8192));
+    }
+    p.n[i].fail_writes = false;
+    let disk = p.n[i].d.on_disk();
+    p.n[i].events.clear();
+    p.n[i].e.reattach(disk).unwrap();
+    assert_eq!(p.n[i].e.state().disk, DiskState::Negotiating);
+    p.settle();
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    assert!(
+        p.n[i].logged("Began resync as SyncTarget"),
+        "{:?}",
+        p.n[i].logs()
+    );
+    assert!(p.n[i].events.contains(&Event::MetadataWritten));
+    assert_eq!(p.n[0].e.state().role, Role::Primary, "the role stays");
+    p.assert_identical();
+    // Writes and reads go on with both disks.
+    p.submit(0, write(1 << 20, 0x44, 4096));
+    assert_eq!(p.n[1].d.get(1 << 20, 4096), &[0x44; 4096][..]);
+    let r = p.submit(
+        0,
+        Request::Read {
+            offset: 2 * 65536,
+            len: 8192,
+        },
+    );
+    assert_eq!(
+        p.n[0].completions.last(),
+        Some(&(r, Ok(Some(Bytes::from(vec![0x30; 8192])))))
+    );
+    p.assert_identical();
+}
+
+#[test]
+fn a_secondary_reattached_after_a_disk_error_resyncs_from_its_peer() {
+    reattach_after_failure(1);
+}
+
+#[test]
+fn a_primary_reattached_after_a_disk_error_becomes_sync_target_and_stays_primary() {
+    reattach_after_failure(0);
+}
+
+#[test]
+fn a_disconnected_primary_does_not_attach_data_it_may_not_hold() {
+    let mut p = Pair::synced(Protocol::C);
+    p.n[0].fail_writes = true;
+    p.submit(0, write(0, 0x11, 4096));
+    assert_eq!(p.n[0].e.state().disk, DiskState::Diskless);
+    p.cut();
+    p.n[0].fail_writes = false;
+    let disk = p.n[0].d.on_disk();
+    assert_eq!(
+        p.n[0].e.reattach(disk.clone()),
+        Err(AttachError::DataNotCurrent)
+    );
+    // A Secondary may: its disk waits for the next handshake.
+    p.n[0].e.command(Command::Secondary, false).unwrap();
+    p.settle();
+    p.n[0].e.reattach(disk).unwrap();
+    p.settle();
+    assert!(p.n[0].e.state().disk > DiskState::Negotiating);
+    p.connect();
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}

@@ -209,7 +209,9 @@ impl Engine {
         if self.crashed_primary {
             flags |= UuidFlags::CRASHED_PRIMARY.0;
         }
-        if self.state.disk == DiskState::Inconsistent {
+        if self.state.disk == DiskState::Inconsistent
+            || self.negotiating == Some(DiskState::Inconsistent)
+        {
             flags |= UuidFlags::INCONSISTENT.0;
         }
         if self.peer.as_ref().is_some_and(|p| p.params.discard_my_data) {
@@ -354,6 +356,12 @@ impl Engine {
             return;
         };
         let old = self.state;
+        if self.state.disk == DiskState::Negotiating {
+            // The connection broke before the handshake placed the new disk: its data may lack
+            // what the peer wrote meanwhile, so it waits to be a resync target.
+            self.negotiating = None;
+            self.force_state(|s| s.disk = DiskState::Inconsistent);
+        }
         let mut lost: Vec<ReqId> = Vec::new();
         for (req, p) in &mut self.requests {
             if p.remote_read && p.local.is_none() {
@@ -569,10 +577,23 @@ impl Engine {
         if phase == Phase::Running && self.state.conn == ConnState::Connected {
             let (me, them) = (self.state.disk, s.disk);
             let inconsistent = DiskState::Inconsistent;
+            let negotiating = DiskState::Negotiating;
             if (me == inconsistent && them == DiskState::UpToDate)
                 || (me == DiskState::UpToDate && them == inconsistent)
+                || me == negotiating
+                || them == negotiating
             {
+                // One side newly attached a disk (`receive_state`'s "consider resync").
                 self.sync_handshake(now);
+                let settled = self.state.conn == ConnState::Connected
+                    && self
+                        .peer
+                        .as_ref()
+                        .is_some_and(|p| p.phase == Phase::Running);
+                if them == negotiating && settled {
+                    // No resync: the attaching side decides on our state too.
+                    self.send_state();
+                }
             }
         }
     }
@@ -615,6 +636,7 @@ impl Engine {
         let params = peer.params;
         let sent_bits = peer.sent_bits;
         if self.state.disk <= DiskState::Diskless || their_state.disk <= DiskState::Diskless {
+            self.negotiating = None;
             // One side has no disk: nothing to compare or resync (DRBD runs
             // `drbd_sync_handshake` only when both disks are at least Negotiating).
             if let Some(p) = self.peer.as_mut() {
@@ -670,9 +692,18 @@ impl Engine {
             return;
         }
         let mut result = verdict.result;
-        let my_disk = self.state.disk;
+        // A disk attached on this connection decides with the state its metadata gives; the
+        // peer's likewise (`real_peer_disk`).
+        let negotiating = self.negotiating.take();
+        let my_disk = match (self.state.disk, negotiating) {
+            (DiskState::Negotiating, Some(d)) => d,
+            (DiskState::Negotiating, None) => DiskState::Inconsistent,
+            (d, _) => d,
+        };
         let peer_disk = if theirs.flags.contains(UuidFlags::INCONSISTENT) {
             DiskState::Inconsistent
+        } else if their_state.disk == DiskState::Negotiating {
+            DiskState::Consistent
         } else {
             their_state.disk
         };
@@ -738,7 +769,10 @@ impl Engine {
             self.abort_connection("I shall become SyncSource, but I am inconsistent!");
             return;
         }
-        if result < 0 && self.state.role == Role::Primary && my_disk >= DiskState::Outdated {
+        // By intention the state's disk, not `my_disk`: a Primary that attaches a disk while
+        // connected may become the SyncTarget of its peer.
+        if result < 0 && self.state.role == Role::Primary && self.state.disk >= DiskState::Outdated
+        {
             self.abort_connection("I shall become SyncTarget, but I am primary!");
             return;
         }
@@ -747,6 +781,9 @@ impl Engine {
                 "Writing the whole bitmap, full sync required after drbd_sync_handshake.".into(),
             );
             self.set_all_bits_within_size();
+        }
+        if self.state.disk == DiskState::Negotiating && result >= 0 {
+            self.force_state(|s| s.disk = my_disk);
         }
         match result {
             0 => {
@@ -1399,7 +1436,8 @@ impl Engine {
         let Request::Read { offset, len } = p.request else {
             return false;
         };
-        if self.state.disk <= DiskState::Failed {
+        if self.state.disk < DiskState::Inconsistent {
+            // No disk, or one attached whose handshake has not placed it yet.
             return true;
         }
         if self.state.disk >= DiskState::UpToDate {
