@@ -230,6 +230,11 @@ impl Hub {
         }
     }
 
+    /// Whether volumes other than `volume` take part in the connection.
+    pub fn shared_with_others(&self, volume: u16) -> bool {
+        self.lock().volumes.keys().any(|&v| v != volume)
+    }
+
     /// Passes a control message to the link task, if it runs.
     pub fn control(&self, c: LinkControl) {
         if let Some(ctl) = &self.lock().ctl {

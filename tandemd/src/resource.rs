@@ -1017,6 +1017,16 @@ impl Task {
         }
     }
 
+    /// A `detach` of this volume while other volumes of the resource use the connection: its
+    /// engine's disconnect stays local (no `P_DISCONNECT`, no close).
+    fn leaving_alone(&self) -> bool {
+        self.detaching.is_some()
+            && self.link.as_ref().is_some_and(|l| {
+                u16::try_from(self.shared.volume)
+                    .is_ok_and(|v| l.joined && l.hub.shared_with_others(v))
+            })
+    }
+
     /// Whether NBD requests wait: a disk attached on a live connection is being placed by the
     /// handshake (Negotiating, or a Primary's bitmap exchange as the target), and its bitmap
     /// does not yet say which of its blocks are stale.
@@ -1092,14 +1102,19 @@ impl Task {
                 }
                 Output::Event(ev) => self.event(ev),
                 Output::Send(p) => {
+                    if p == repl_core::wire::Packet::Disconnect && self.leaving_alone() {
+                        continue;
+                    }
                     if let Some(tx) = self.link.as_ref().and_then(|l| l.tx.as_ref()) {
                         tx.send(p);
                     }
                 }
                 Output::Disconnect { reconnect } => {
+                    let alone = self.leaving_alone();
                     if let Some(link) = self.link.as_mut() {
-                        // The connection is the resource's: every volume loses it.
-                        if link.tx.take().is_some() {
+                        // The connection is the resource's: every volume loses it, except
+                        // when one volume detaches (it leaves the hub once detached).
+                        if link.tx.take().is_some() && !alone {
                             link.hub.control(LinkControl::Close { reconnect });
                         }
                     }

@@ -227,3 +227,71 @@ fn a_diskless_volume_reads_and_writes_through_its_peer() {
         "{proc}"
     );
 }
+
+/// Node beta is configured with volume 0 only: alpha's volume 1 stays in WFReportParams (no
+/// peer ever reports on it), volume 0 replicates.
+#[test]
+fn a_volume_the_peer_lacks_waits_and_the_others_work() {
+    if !require("qemu-io", "qemu-utils") {
+        return;
+    }
+    let c = two_volumes(vec![]);
+    let (a, b) = (c.node(0), c.node(1));
+    // beta's configuration has volume 0 only.
+    let text = std::fs::read_to_string(&b.res).expect("res");
+    let one: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("volume 1 "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&b.res, one).expect("res");
+    c.up();
+    wait_query(a, "cstate", "r0/0", "Connected");
+    wait_query(b, "cstate", "r0", "Connected");
+    // DRBD's receiver ignores configuration packets for a volume it does not have.
+    b.wait_for("the warning", |n| {
+        n.log()
+            .contains("packet received for volume 1, which is not configured locally")
+    });
+    assert_eq!(a.ok(&["cstate", "r0/1"]), "WFReportParams\n");
+    a.ok(&["primary", "--force", "r0/0"]);
+    wait_query(b, "dstate", "r0", "UpToDate/UpToDate");
+    qemu_io(&a.uri_of("r0/0"), &["w -P 0x33 0 64k", "flush"]);
+    assert_eq!(read_at(&b.disks[0], 0, 65536), vec![0x33; 65536]);
+    assert_eq!(a.ok(&["cstate", "r0/1"]), "WFReportParams\n");
+}
+
+/// Detaching one volume takes it out of the connection; attaching it brings it back, and what
+/// was written meanwhile is resynced.
+#[test]
+fn one_volume_detaches_and_attaches_while_the_other_works() {
+    if !require("qemu-io", "qemu-utils") {
+        return;
+    }
+    let c = two_volumes(vec![]);
+    c.up();
+    let (a, b) = (c.node(0), c.node(1));
+    wait_query(b, "dstate", "r0/1", "Inconsistent/Inconsistent");
+    a.ok(&["new-current-uuid", "--clear-bitmap", "r0/0"]);
+    a.ok(&["new-current-uuid", "--clear-bitmap", "r0/1"]);
+    for v in ["r0/0", "r0/1"] {
+        wait_query(b, "dstate", v, "UpToDate/UpToDate");
+    }
+    a.ok(&["primary", "r0"]);
+    b.ok(&["detach", "r0/1"]);
+    assert_eq!(b.ok(&["dstate", "r0/1"]), "Diskless/DUnknown\n");
+    // Volume 0 reconnects without it and goes on replicating.
+    wait_query(a, "cstate", "r0/0", "Connected");
+    wait_query(b, "cstate", "r0/0", "Connected");
+    qemu_io(&a.uri_of("r0/0"), &["w -P 0x44 0 64k", "flush"]);
+    assert_eq!(read_at(&b.disks[0], 0, 65536), vec![0x44; 65536]);
+    qemu_io(&a.uri_of("r0/1"), &["w -P 0x55 0 64k", "flush"]);
+    assert_eq!(read_at(&b.disks[1], 0, 65536), vec![0u8; 65536]);
+    b.ok(&["attach", "r0/1"]);
+    wait_query(b, "dstate", "r0/1", "UpToDate/UpToDate");
+    wait_query(b, "cstate", "r0/1", "Connected");
+    assert_eq!(read_at(&b.disks[1], 0, 65536), vec![0x55; 65536]);
+    assert!(files_equal(&a.disks[1], &b.disks[1], DATA));
+    qemu_io(&a.uri_of("r0/0"), &["w -P 0x66 64k 64k", "flush"]);
+    assert_eq!(read_at(&b.disks[0], 65536, 65536), vec![0x66; 65536]);
+}
