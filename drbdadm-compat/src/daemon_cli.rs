@@ -153,10 +153,11 @@ impl Target {
         self.volumes.first().map_or(0, |v| v.1)
     }
 
-    fn has_disk(&self) -> bool {
+    /// Whether volume `vnr` has a disk configured (not `disk none`).
+    fn has_disk_on(&self, vnr: u32) -> bool {
         self.eff
             .as_ref()
-            .is_some_and(|e| e.volumes.iter().any(|v| v.disk.is_some()))
+            .is_some_and(|e| e.volumes.iter().any(|v| v.vnr == vnr && v.disk.is_some()))
     }
 
     fn has_peer(&self) -> bool {
@@ -384,20 +385,24 @@ fn adjust(
     let setup_opts = &opts.setup_options;
     let mut plan: Vec<(&Target, Vec<Step>)> = Vec::new();
     for t in targets {
-        let s = statuses.iter().find(|s| s.resource == t.name);
-        let steps = match s {
-            None => vec![Step::Up],
-            Some(s) => {
-                let mut v = Vec::new();
-                let diskless = s.state.disk == DiskState::Diskless;
-                if diskless && t.has_disk() {
-                    v.push(Step::Attach);
-                }
-                if s.state.conn == ConnState::StandAlone && t.has_peer() {
-                    v.push(Step::Connect);
-                }
-                v
+        let mine: Vec<&Status> = statuses.iter().filter(|s| s.resource == t.name).collect();
+        let steps = if mine.is_empty() {
+            vec![Step::Up]
+        } else {
+            let mut v = Vec::new();
+            // Diskless volumes that have a disk configured (not `disk none` ones).
+            let detached: Vec<u32> = mine
+                .iter()
+                .filter(|s| s.state.disk == DiskState::Diskless && t.has_disk_on(s.volume))
+                .map(|s| s.volume)
+                .collect();
+            if !detached.is_empty() {
+                v.push(Step::Attach(detached));
             }
+            if mine.iter().any(|s| s.state.conn == ConnState::StandAlone) && t.has_peer() {
+                v.push(Step::Connect);
+            }
+            v
         };
         plan.push((t, steps));
     }
@@ -419,8 +424,10 @@ fn adjust(
                             staged.push((Stage::Net, c));
                         }
                     }
-                    Step::Attach => {
-                        for a in setup::attach_steps(eff, setup_opts) {
+                    Step::Attach(vols) => {
+                        let mut some = eff.clone();
+                        some.volumes.retain(|v| vols.contains(&v.vnr));
+                        for a in setup::attach_steps(&some, setup_opts) {
                             staged.push((Stage::Disk, a));
                         }
                     }
@@ -453,37 +460,51 @@ fn adjust(
         }
     }
     for (t, steps) in plan {
-        for step in steps {
-            let (op, cmd) = match step {
-                Step::Up => (
+        'steps: for step in steps {
+            let calls: Vec<(Op, &str)> = match step {
+                Step::Up => vec![(
                     Op::Up {
                         config: config_path.to_path_buf(),
                         resource: t.name.clone(),
                     },
                     "up",
-                ),
-                Step::Attach => (
+                )],
+                Step::Attach(vols) if vols.len() == t.volumes.len() => vec![(
                     Op::Attach {
                         config: config_path.to_path_buf(),
                         resource: t.name.clone(),
                     },
                     "attach",
-                ),
-                Step::Connect => (
+                )],
+                Step::Attach(vols) => vols
+                    .iter()
+                    .map(|v| {
+                        (
+                            Op::Attach {
+                                config: config_path.to_path_buf(),
+                                resource: format!("{}/{v}", t.name),
+                            },
+                            "attach",
+                        )
+                    })
+                    .collect(),
+                Step::Connect => vec![(
                     Op::Connect {
                         resource: t.name.clone(),
                         discard_my_data,
                     },
                     "connect",
-                ),
+                )],
             };
-            if let Err(e) = client.call(op) {
-                let code = report(&mut out, &e, failed_step(cmd, t, setup_opts));
-                if code >= 20 {
-                    return out;
+            for (op, cmd) in calls {
+                if let Err(e) = client.call(op) {
+                    let code = report(&mut out, &e, failed_step(cmd, t, setup_opts));
+                    if code >= 20 {
+                        return out;
+                    }
+                    // drbdadm skips the rest of a resource whose step failed.
+                    break 'steps;
                 }
-                // drbdadm skips the rest of a resource whose step failed.
-                break;
             }
         }
     }
@@ -491,10 +512,11 @@ fn adjust(
 }
 
 /// What `adjust` does for one resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
     Up,
-    Attach,
+    /// Attach these Diskless volumes.
+    Attach(Vec<u32>),
     Connect,
 }
 

@@ -217,6 +217,11 @@ fn a_diskless_volume_reads_and_writes_through_its_peer() {
         before,
         "nothing touched the diskless node's unused file"
     );
+    assert_eq!(
+        b.ok(&["-d", "adjust", "r0"]),
+        "",
+        "a `disk none` volume has nothing to attach"
+    );
     let proc = b.proc_drbd();
     assert!(
         proc.contains(" 1: cs:Connected ro:Primary/Secondary ds:Diskless/UpToDate C r-----"),
@@ -287,7 +292,13 @@ fn one_volume_detaches_and_attaches_while_the_other_works() {
     assert_eq!(read_at(&b.disks[0], 0, 65536), vec![0x44; 65536]);
     qemu_io(&a.uri_of("r0/1"), &["w -P 0x55 0 64k", "flush"]);
     assert_eq!(read_at(&b.disks[1], 0, 65536), vec![0u8; 65536]);
-    b.ok(&["attach", "r0/1"]);
+    // `adjust` attaches just the detached volume.
+    let plan = b.ok(&["-d", "adjust", "r0"]);
+    assert!(
+        plan.contains("attach 1 ") && !plan.contains("attach 0 "),
+        "{plan}"
+    );
+    b.ok(&["adjust", "r0"]);
     wait_query(b, "dstate", "r0/1", "UpToDate/UpToDate");
     wait_query(b, "cstate", "r0/1", "Connected");
     assert_eq!(read_at(&b.disks[1], 0, 65536), vec![0x55; 65536]);
