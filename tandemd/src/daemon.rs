@@ -268,7 +268,12 @@ impl Daemon {
     /// `connect`, with `--discard-my-data` for the next connection only; the connection is
     /// the resource's, so every volume takes part.
     async fn connect(&self, res: &str, discard_my_data: bool) -> Result<Reply, ControlError> {
-        for h in self.handles_of(split_target(res).0)? {
+        let mut hs = self.handles_of(split_target(res).0)?;
+        if hs.iter().any(|h| !h.shared.is_detached()) {
+            // Detached volumes join the connection when they are attached again.
+            hs.retain(|h| !h.shared.is_detached());
+        }
+        for h in hs {
             let (reply, rx) = oneshot::channel();
             let gone = || not_up(&h.shared.name);
             h.control

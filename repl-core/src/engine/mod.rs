@@ -370,14 +370,17 @@ impl Engine {
     /// DRBD does: no resync, or a resync from the peer of what changed meanwhile.
     ///
     /// # Errors
-    /// The node has a disk, is going down or in the middle of a handshake; a Primary that is
+    /// The node has a disk, is going down, in the middle of a handshake or still waiting for
+    /// operations on the lost disk; a Primary that is
     /// not connected (its data is the peer's: DRBD attaches only current data then); a disk
     /// smaller than the device; a ring or bitmap that cannot be used.
     pub fn reattach(&mut self, disk: OnDisk) -> Result<(), AttachError> {
         if self.state.disk > DiskState::Diskless {
             return Err(StateChangeError::DiskConfigured.into());
         }
-        if self.going_down {
+        if self.going_down || !self.ops.is_empty() {
+            // DRBD waits for the old disk's last references too (`local_cnt`): a late
+            // completion from the failed disk must not reach the new one.
             return Err(StateChangeError::InTransientState.into());
         }
         let connected = self.state.conn == ConnState::Connected
