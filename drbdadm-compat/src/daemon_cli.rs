@@ -737,9 +737,22 @@ fn resources(inv: &Invocation, env: &NodeEnv) -> Result<(PathBuf, Vec<Target>), 
                 "'{arg}' not defined in your config (for this host).\n"
             ))
         };
-        let (name, vnr) = match arg.split_once('/') {
-            Some((n, v)) => (n, Some(v.parse::<u32>().map_err(|_| undefined())?)),
-            None => (arg.as_str(), None),
+        // `minor-N` names the volume with that minor, as `RES/VOL` does.
+        let by_minor = arg
+            .strip_prefix("minor-")
+            .and_then(|m| m.parse::<u32>().ok())
+            .and_then(|m| {
+                mine.iter().find_map(|t| {
+                    t.volumes
+                        .iter()
+                        .find(|&&(_, minor)| minor == m)
+                        .map(|&(vnr, _)| (t.name.as_str(), Some(vnr)))
+                })
+            });
+        let (name, vnr) = match (by_minor, arg.split_once('/')) {
+            (Some(found), _) => found,
+            (None, Some((n, v))) => (n, Some(v.parse::<u32>().map_err(|_| undefined())?)),
+            (None, None) => (arg.as_str(), None),
         };
         let Some(t) = mine.iter().find(|m| m.name == name) else {
             return Err(undefined());

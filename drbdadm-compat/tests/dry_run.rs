@@ -94,7 +94,7 @@ fn dry_runs_match_drbdadm_84() {
     assert!(compared > 200, "compared {compared} dry runs");
 }
 
-/// `RES/VOL` for every volume of the multi-volume corpus resources: the per-volume commands
+/// `RES/VOL` (and `minor-N`) for every volume of the multi-volume corpus resources: the per-volume commands
 /// print that volume's lines, the whole-resource ones refuse as drbdadm-84 refuses.
 #[test]
 fn volume_dry_runs_match_drbdadm_84() {
@@ -109,9 +109,13 @@ fn volume_dry_runs_match_drbdadm_84() {
             continue;
         }
         for node in host_names(&text) {
+            // `RES/VOL`, and `minor-N` for the same volumes.
+            let mut ids: Vec<String> = (0..4).map(|m| format!("minor-{m}")).collect();
             for res in resource_names(&text) {
-                for v in 0..3 {
-                    let id = format!("{res}/{v}");
+                ids.extend((0..3).map(|v| format!("{res}/{v}")));
+            }
+            {
+                for id in &ids {
                     for cmd in COMMANDS {
                         if cmd.first() == Some(&"--") {
                             continue;
