@@ -114,46 +114,43 @@ fn volume_dry_runs_match_drbdadm_84() {
             for res in resource_names(&text) {
                 ids.extend((0..3).map(|v| format!("{res}/{v}")));
             }
-            {
-                for id in &ids {
-                    for cmd in COMMANDS {
-                        if cmd.first() == Some(&"--") {
-                            continue;
-                        }
-                        let mut args = vec!["-c", n.as_str(), "-d"];
-                        args.extend(*cmd);
-                        args.push(&id);
-                        let want = run_oracle(d, Some(&node), &args);
-                        let mut ours =
-                            vec!["--run-dir", run_dir.to_str().unwrap(), "--node", &node];
-                        ours.extend(&args);
-                        let got = run_ours(d, None, &ours);
-                        if want.code != 0 {
-                            if want.stderr.contains("operates on whole resources")
-                                || want.stderr.contains("not defined in your config")
-                            {
-                                // The oracle first says which node it pretends to be.
-                                let last = want.stderr.lines().last().unwrap_or("");
-                                assert_eq!(
-                                    (got.stderr.trim_end(), got.code),
-                                    (last, want.code),
-                                    "{n} as {node}: drbdadm {args:?}"
-                                );
-                                compared += 1;
-                            }
-                            continue;
-                        }
-                        let want_out = want
-                            .stdout
-                            .replace("/lib/drbd/drbdsetup-84", "drbdsetup-84");
-                        assert_eq!(
-                            (got.stdout.as_str(), got.code),
-                            (want_out.as_str(), 0),
-                            "{n} as {node}: drbdadm {args:?}\nstderr: {}",
-                            got.stderr
-                        );
-                        compared += 1;
+            for id in &ids {
+                for cmd in COMMANDS {
+                    if cmd.first() == Some(&"--") {
+                        continue;
                     }
+                    let mut args = vec!["-c", n.as_str(), "-d"];
+                    args.extend(*cmd);
+                    args.push(id);
+                    let want = run_oracle(d, Some(&node), &args);
+                    let mut ours = vec!["--run-dir", run_dir.to_str().unwrap(), "--node", &node];
+                    ours.extend(&args);
+                    let got = run_ours(d, None, &ours);
+                    if want.code != 0 {
+                        if want.stderr.contains("operates on whole resources")
+                            || want.stderr.contains("not defined in your config")
+                        {
+                            // The oracle first says which node it pretends to be.
+                            let last = want.stderr.lines().last().unwrap_or("");
+                            assert_eq!(
+                                (got.stderr.trim_end(), got.code),
+                                (last, want.code),
+                                "{n} as {node}: drbdadm {args:?}"
+                            );
+                            compared += 1;
+                        }
+                        continue;
+                    }
+                    let want_out = want
+                        .stdout
+                        .replace("/lib/drbd/drbdsetup-84", "drbdsetup-84");
+                    assert_eq!(
+                        (got.stdout.as_str(), got.code),
+                        (want_out.as_str(), 0),
+                        "{n} as {node}: drbdadm {args:?}\nstderr: {}",
+                        got.stderr
+                    );
+                    compared += 1;
                 }
             }
         }
