@@ -15,9 +15,7 @@ use crate::{FaultLevel, KnownFailure};
 const SOURCE_KEEPS_GENERATION: &str =
     "a Primary that loses its peer with a bitmap UUID set keeps its generation (DRBD 8.4's rule)";
 /// Heavy faults (double power loss, a full disk, I/O errors together); not analysed one by
-/// one yet. Seed 28 is a SyncTarget whose disk failed before its Inconsistent superblock was
-/// written: re-attached, the old metadata says UpToDate until a handshake makes it the target
-/// again (DRBD's metadata after a failed disk is just as stale).
+/// one yet.
 const UNANALYSED: &str = "not analysed yet (heavy faults); see the replay command";
 
 const fn k(
@@ -38,44 +36,52 @@ const fn k(
 
 /// Seeds that currently fail for a reported reason.
 pub const KNOWN_FAILURES: &[KnownFailure] = &[
-    k(28, FaultLevel::Heavy, 600, "acked-write-lost", UNANALYSED),
     k(74, FaultLevel::Heavy, 600, "acked-write-lost", UNANALYSED),
     k(
-        490,
+        943,
         FaultLevel::Light,
         1000,
         "split-brain",
         SOURCE_KEEPS_GENERATION,
     ),
     k(
-        1732,
+        995,
         FaultLevel::Light,
         1000,
         "split-brain",
         SOURCE_KEEPS_GENERATION,
     ),
-    k(28, FaultLevel::Heavy, 1000, "acked-write-lost", UNANALYSED),
+    k(
+        1904,
+        FaultLevel::Light,
+        1000,
+        "split-brain",
+        SOURCE_KEEPS_GENERATION,
+    ),
+    k(
+        1928,
+        FaultLevel::Light,
+        1000,
+        "split-brain",
+        SOURCE_KEEPS_GENERATION,
+    ),
     k(74, FaultLevel::Heavy, 1000, "acked-write-lost", UNANALYSED),
-    k(604, FaultLevel::Heavy, 1000, "bitmap-coverage", UNANALYSED),
     k(
-        965,
-        FaultLevel::Heavy,
-        1000,
-        "split-brain",
-        SOURCE_KEEPS_GENERATION,
-    ),
-    k(1113, FaultLevel::Heavy, 1000, "convergence", UNANALYSED),
-    k(1519, FaultLevel::Heavy, 1000, "bitmap-coverage", UNANALYSED),
-    k(1635, FaultLevel::Heavy, 1000, "bitmap-coverage", UNANALYSED),
-    k(
-        1719,
+        368,
         FaultLevel::Heavy,
         1000,
         "split-brain",
         SOURCE_KEEPS_GENERATION,
     ),
     k(
-        1738,
+        1120,
+        FaultLevel::Heavy,
+        1000,
+        "split-brain",
+        SOURCE_KEEPS_GENERATION,
+    ),
+    k(
+        1151,
         FaultLevel::Heavy,
         1000,
         "split-brain",

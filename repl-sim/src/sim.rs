@@ -1008,11 +1008,15 @@ impl Sim {
             self.nodes[i].check_due = true;
             self.pair_due = true;
         }
+        // A node without its disk merges nothing: it connects without a sync handshake, and
+        // its disk meets the peer's in the handshake of its next attach.
+        let both_disks = new.disk > DiskState::Diskless && new.pdsk > DiskState::Diskless;
         if old.conn == ConnState::WFReportParams
             && matches!(
                 new.conn,
                 ConnState::Connected | ConnState::WFBitMapS | ConnState::WFBitMapT
             )
+            && both_disks
         {
             self.handshake_decided(i, new.conn);
         }

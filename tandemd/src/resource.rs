@@ -476,7 +476,7 @@ impl Task {
                 Some((op, result)) = done.recv() => self.engine.disk_done(op, result),
                 Some(ev) = link.recv() => self.link_event(ev),
                 Some(c) = control.recv() => self.control(c),
-                Some(r) = io.recv(), if !self.hold_io() => self.io(r),
+                Some(r) = io.recv() => self.io(r),
                 _ = sleep_until_some(engine_tick), if engine_tick.is_some() => {
                     let now = self.now();
                     self.engine.tick(now);
@@ -1025,16 +1025,6 @@ impl Task {
                 u16::try_from(self.shared.volume)
                     .is_ok_and(|v| l.joined && l.hub.shared_with_others(v))
             })
-    }
-
-    /// Whether NBD requests wait: a disk attached on a live connection is being placed by the
-    /// handshake (Negotiating, or a Primary's bitmap exchange as the target), and its bitmap
-    /// does not yet say which of its blocks are stale.
-    fn hold_io(&self) -> bool {
-        let st = self.engine.state();
-        st.disk == DiskState::Negotiating
-            || (st.role == Role::Primary
-                && matches!(st.conn, ConnState::WFBitMapT | ConnState::WFSyncUUID))
     }
 
     /// DRBD's refusal of a `connect` on a resource that is not StandAlone.

@@ -293,6 +293,9 @@ pub struct Engine {
     /// A disk attached while connected shows `Negotiating`: the disk state its metadata gives,
     /// taken once the handshake with the peer decides (DRBD's `new_state_tmp.disk`).
     negotiating: Option<DiskState>,
+    /// Requests submitted while the handshake places this node's disk (see
+    /// [`Engine::placing_disk`]), issued once it is placed.
+    held: VecDeque<ReqId>,
     #[cfg(feature = "sim-bugs")]
     bug: Option<Bug>,
 }
@@ -353,6 +356,7 @@ impl Engine {
             crashed_primary,
             down_reported: false,
             negotiating: None,
+            held: VecDeque::new(),
             #[cfg(feature = "sim-bugs")]
             bug: None,
         };
@@ -414,8 +418,18 @@ impl Engine {
         let attached = self.state.attach(loaded.meta, &ctx)?;
         self.layout = loaded.layout;
         self.sb = loaded.sb.attached();
-        self.bitmap = loaded.bitmap;
+        // What this node marked while it had no disk (the failed writes among it) stays out of
+        // sync on top of what the disk recorded.
+        let old = std::mem::replace(&mut self.bitmap, loaded.bitmap);
+        let n = old.word_count().min(self.bitmap.word_count());
+        let _ = self.bitmap.or_words(0, old.words(0..n));
+        let first = size.div_ceil(crate::bitmap::BLOCK_BYTES);
+        let _ = self.bitmap.clear_bits(first..self.bitmap.bits());
         self.al = loaded.al;
+        // Requests still in flight took their activity-log references in the lost disk's log.
+        for p in self.requests.values_mut() {
+            p.al_held = false;
+        }
         self.meta_queue = loaded.meta_queue;
         self.meta_busy = false;
         self.gating_superblocks = 0;
@@ -490,6 +504,7 @@ impl Engine {
             crashed_primary: false,
             down_reported: false,
             negotiating: None,
+            held: VecDeque::new(),
             #[cfg(feature = "sim-bugs")]
             bug: None,
         })
@@ -560,7 +575,8 @@ impl Engine {
         if self.state.role != Role::Primary {
             return Err(SubmitError::NotPrimary);
         }
-        if self.state.disk < DiskState::UpToDate && !self.peer_has_good_data() {
+        let placing = self.placing_disk();
+        if self.state.disk < DiskState::UpToDate && !self.peer_has_good_data() && !placing {
             return Err(SubmitError::NoData(self.state.disk));
         }
         if let Some((offset, len)) = request.range() {
@@ -582,7 +598,9 @@ impl Engine {
         self.next_req += 1;
         let writes = request.writes();
         self.requests.insert(req, Pending::new(request));
-        if writes {
+        if placing {
+            self.held.push_back(req);
+        } else if writes {
             self.waiting.push_back(req);
             self.admit_waiting();
         } else {
@@ -591,8 +609,46 @@ impl Engine {
         Ok(req)
     }
 
+    /// Whether the handshake is placing a disk attached on a live connection (`Negotiating`)
+    /// or this node is the target of a bitmap exchange: its bitmap does not yet say which of
+    /// its blocks are stale, and writes would not reach the peer, so requests wait.
+    fn placing_disk(&self) -> bool {
+        self.state.disk == DiskState::Negotiating
+            || matches!(
+                self.state.conn,
+                ConnState::WFBitMapT | ConnState::WFSyncUUID
+            )
+    }
+
+    /// Issues the requests held while the disk was being placed, or fails them when no data
+    /// is reachable any more.
+    fn release_held(&mut self) {
+        if self.held.is_empty() || self.placing_disk() {
+            return;
+        }
+        let no_data = self.state.disk < DiskState::UpToDate && !self.peer_has_good_data();
+        for req in std::mem::take(&mut self.held) {
+            let Some(p) = self.requests.get(&req) else {
+                continue;
+            };
+            if no_data {
+                self.finish(req, Err(RequestError::Io));
+            } else if p.request.writes() {
+                self.waiting.push_back(req);
+            } else {
+                self.issue(req);
+            }
+        }
+        self.admit_waiting();
+    }
+
     /// Reports a disk operation's result.
     pub fn disk_done(&mut self, op: OpId, result: DiskResult) {
+        self.disk_done_inner(op, result);
+        self.release_held();
+    }
+
+    fn disk_done_inner(&mut self, op: OpId, result: DiskResult) {
         match self.ops.remove(&op) {
             Some(OpFor::Request(req)) => self.request_done(req, result),
             Some(OpFor::Meta(after)) => self.meta_done(after, result),
@@ -611,6 +667,12 @@ impl Engine {
     /// # Errors
     /// DRBD's refusal, as `drbdsetup` words it.
     pub fn command(&mut self, cmd: Command, device_open: bool) -> Result<(), CommandError> {
+        let r = self.command_inner(cmd, device_open);
+        self.release_held();
+        r
+    }
+
+    fn command_inner(&mut self, cmd: Command, device_open: bool) -> Result<(), CommandError> {
         if self.going_down {
             return Err(CommandError::GoingDown);
         }
@@ -938,11 +1000,14 @@ impl Engine {
             return;
         };
         let early = early && p.request.writes() && local.is_ok();
+        // A copy the peer holds counts only when the peer's disk is a whole copy: on an
+        // Inconsistent one (a SyncTarget) the write would be lost to the next resync from here.
+        let peer_whole = self.state.pdsk == DiskState::UpToDate;
         if !p.completed && (p.net.satisfied() || early) {
             p.completed = true;
             // Success when either side has the data (`drbd_req_complete`).
             let result = match local {
-                Err(_) if p.net.peer_has_data() => Ok(None),
+                Err(_) if p.net.peer_has_data() && peer_whole => Ok(None),
                 r => r.clone(),
             };
             let wrote = p.request.writes() && p.net.is_mirrored();
@@ -1076,6 +1141,7 @@ impl Engine {
             After::Superblock => {
                 self.gating_superblocks = self.gating_superblocks.saturating_sub(1);
                 self.out.push_back(Output::Event(Event::MetadataWritten));
+                self.admit_peer_writes();
             }
             After::Down => self.out.push_back(Output::Event(Event::Down)),
             After::BitmapMark(mark) => self.bitmap_mark_durable(mark),

@@ -850,7 +850,17 @@ fn reattach_after_failure(i: usize) {
     p.n[i].events.clear();
     p.n[i].e.reattach(disk).unwrap();
     assert_eq!(p.n[i].e.state().disk, DiskState::Negotiating);
+    // A write while the disk is being placed waits for the handshake, then reaches both.
+    let held = p.n[0].e.submit(write(5 << 20, 0x99, 4096)).unwrap();
+    assert!(!p.n[0].completed(held));
     p.settle();
+    assert_eq!(
+        p.n[0].completions.iter().find(|(r, _)| *r == held),
+        Some(&(held, Ok(None)))
+    );
+    for n in &p.n {
+        assert_eq!(n.d.get(5 << 20, 4096), &[0x99; 4096][..]);
+    }
     assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
     assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
     assert!(
@@ -908,6 +918,37 @@ fn a_disconnected_primary_does_not_attach_data_it_may_not_hold() {
     p.settle();
     assert!(p.n[0].e.state().disk > DiskState::Negotiating);
     p.connect();
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}
+
+#[test]
+fn a_sync_target_losing_its_disk_aborts_the_resync_and_catches_up_once_attached_again() {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(65536, 0x5A, 4096));
+    for n in &mut p.n {
+        if let Some(net) = n.e.cfg.net.as_mut() {
+            net.resync_rate_kib = 64;
+        }
+    }
+    p.n[1].e.command(Command::Invalidate, false).unwrap();
+    while p.step() {}
+    assert_eq!(p.conns(), (ConnState::SyncSource, ConnState::SyncTarget));
+    // The target's disk starts failing: the first resync write detaches it.
+    p.n[1].fail_writes = true;
+    p.settle();
+    assert_eq!(p.n[1].e.state().disk, DiskState::Diskless);
+    assert!(p.n[1].logged("Resync aborted."), "{:?}", p.n[1].logs());
+    assert!(p.n[0].logged("Resync aborted."), "{:?}", p.n[0].logs());
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.n[0].e.state().pdsk, DiskState::Diskless);
+    // Writes meanwhile, then the disk is attached again and the resync runs to the end.
+    p.submit(0, write(3 << 20, 0x77, 8192));
+    p.n[1].fail_writes = false;
+    let disk = p.n[1].d.on_disk();
+    p.n[1].e.reattach(disk).unwrap();
+    p.settle();
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
     assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
     p.assert_identical();
 }

@@ -154,6 +154,10 @@ pub(super) struct Peer {
     /// The bitmap count in our last `P_UUIDS`: both sides judge leftover bits from the same
     /// two numbers.
     pub sent_bits: u64,
+    /// Resync request ids below this belong to a resync aborted on this connection (this
+    /// node lost its disk): their late replies are dropped, and a later resync numbers its
+    /// requests from here.
+    pub rs_stale_below: u64,
 }
 
 /// An epoch of writes received from the Primary.
@@ -180,6 +184,9 @@ pub(super) struct PeerWrite {
     /// Resync data (`P_RS_DATA_REPLY`) rather than a mirrored write.
     pub resync: bool,
     pub issued: bool,
+    /// The sender had no disk of its own to hold it (Diskless, or one being attached): this
+    /// node records it as out of sync for the peer.
+    pub sender_lacks: bool,
 }
 
 /// How many 64-bit words one `P_BITMAP` carries.
@@ -302,6 +309,7 @@ impl Engine {
             resync: None,
             sent_bits: 0,
             deferred_reads: Vec::new(),
+            rs_stale_below: 0,
         });
         self.force_state(|s| s.conn = ConnState::WFReportParams);
         let backing = if self.state.disk > DiskState::Diskless {
@@ -328,6 +336,7 @@ impl Engine {
             self.force_state(|s| s.conn = ConnState::Unconnected);
             self.force_state(|s| s.conn = ConnState::WFConnection);
         }
+        self.release_held();
     }
 
     /// Ends a connection because of a protocol violation; the link reconnects.
@@ -393,6 +402,11 @@ impl Engine {
 
     /// A packet from the peer.
     pub fn receive(&mut self, packet: Packet, now: crate::time::Instant) {
+        self.receive_inner(packet, now);
+        self.release_held();
+    }
+
+    fn receive_inner(&mut self, packet: Packet, now: crate::time::Instant) {
         if self.peer.is_none() {
             return;
         }
@@ -505,6 +519,26 @@ impl Engine {
         let received = PeerUuids { uuids, bits, flags };
         let phase = peer.phase;
         peer.uuids = Some(received);
+        let no_disk = matches!(self.state.disk, DiskState::Diskless | DiskState::Failed);
+        // Without a disk, the current UUID is that of the data this node exposes (DRBD's
+        // `ed_uuid`): a Primary connects only to a peer that still holds that data.
+        let exposed = self.sb.uuids.current;
+        if no_disk
+            && self.state.role == Role::Primary
+            && self.state.conn < ConnState::Connected
+            && exposed.0 & !1 != uuids.current.0 & !1
+        {
+            self.abort_connection(&format!(
+                "Can only connect to data with current UUID={:016X}",
+                exposed.0
+            ));
+            return;
+        }
+        if no_disk && (self.state.role == Role::Primary || self.state.conn >= ConnState::Connected)
+        {
+            // The data this node exposes is the peer's now.
+            self.sb.uuids.current = uuids.current;
+        }
         if phase == Phase::Running && self.state.conn == ConnState::Connected {
             let state = self.state;
             if self
@@ -547,7 +581,17 @@ impl Engine {
             return;
         }
         // The peer's role and disk as it reports them, within what the connection allows.
-        let syncing = self.state.conn > ConnState::Connected;
+        let mut syncing = self.state.conn > ConnState::Connected;
+        if syncing && s.disk <= DiskState::Failed {
+            // The peer lost its disk during the resync: it ends here (sanitized to Connected),
+            // finished when this target already holds every block.
+            if self.state.conn == ConnState::SyncTarget && self.bitmap.count() == 0 {
+                self.finish_resync(true);
+            } else {
+                self.abort_resync();
+            }
+            syncing = false;
+        }
         let old = self.state;
         self.force_state(|ns| {
             ns.peer = s.role;
@@ -843,6 +887,11 @@ impl Engine {
                 s.disk = DiskState::Inconsistent;
             }
         });
+        if !source {
+            // Durable before the resync (or a mirrored write) overwrites a block: a crash must
+            // not leave metadata that calls half-synced data UpToDate.
+            self.write_superblock(After::Superblock);
+        }
         let words = self.bitmap.word_count();
         let mut at = 0;
         while at < words {
@@ -941,7 +990,8 @@ impl Engine {
         }
         let role = self.state.role;
         self.sb.uuids.receive_sync_uuid(uuid, role);
-        self.write_superblock(After::Nothing);
+        // The merged bitmap and the new UUIDs are durable before resync data lands.
+        self.write_superblock(After::Superblock);
         self.emit_handler(super::Handler::BeforeResyncTarget);
         self.start_resync(false, now);
     }
@@ -1090,7 +1140,25 @@ impl Engine {
                 let _ = self.bitmap.clear_bytes(sector.bytes(), u64::from(len));
                 self.resync_progress();
             }
-            AckKind::Neg => p.net = Net::Failed,
+            AckKind::Neg => {
+                p.net = Net::Failed;
+                // Out of sync at once (`got_NegAck`), so that a bitmap exchange on this
+                // connection (a disk attached meanwhile) carries it; told to the peer when its
+                // exchange is already behind us.
+                if let Some((offset, len)) = p.request.range().filter(|_| p.request.writes()) {
+                    let _ = self.bitmap.set_bytes(offset, len);
+                    let exchanged = matches!(
+                        self.state.conn,
+                        ConnState::WFBitMapS | ConnState::SyncSource | ConnState::PausedSyncS
+                    );
+                    if let (true, Ok(len)) = (exchanged, u32::try_from(len)) {
+                        self.send(Packet::OutOfSync {
+                            sector: Sector(offset / Sector::SIZE),
+                            len,
+                        });
+                    }
+                }
+            }
             _ => {}
         }
         self.maybe_complete(req);
@@ -1183,6 +1251,7 @@ impl Engine {
         self.mark_resync_requests_stale(offset, len64);
         let key = self.next_peer_write;
         self.next_peer_write += 1;
+        let sender_lacks = self.state.pdsk < DiskState::Inconsistent;
         self.peer_writes.insert(
             key,
             PeerWrite {
@@ -1196,6 +1265,7 @@ impl Engine {
                 data,
                 resync: false,
                 issued: false,
+                sender_lacks,
             },
         );
         self.peer_wait.push_back(key);
@@ -1204,6 +1274,11 @@ impl Engine {
 
     /// Issues waiting peer writes that no in-flight write overlaps, in arrival order.
     pub(super) fn admit_peer_writes(&mut self) {
+        if self.gating_superblocks > 0 {
+            // A superblock that records this disk as Inconsistent (a resync target) is durable
+            // before any block is overwritten.
+            return;
+        }
         let mut still: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
         while let Some(key) = self.peer_wait.pop_front() {
             let Some(w) = self.peer_writes.get(&key) else {
@@ -1257,9 +1332,21 @@ impl Engine {
             ));
             let _ = self.bitmap.set_bytes(w.offset, w.len);
         }
+        if ok && w.sender_lacks && self.state.conn >= ConnState::WFBitMapS {
+            // The peer attached its disk since it sent this, and our bitmap already went to
+            // it: the peer learns of the block as of any marked after the exchange.
+            if let Ok(len) = u32::try_from(w.len) {
+                self.send(Packet::OutOfSync {
+                    sector: Sector(w.offset / Sector::SIZE),
+                    len,
+                });
+            }
+        }
         if w.resync {
             self.rs_write_done(w.link, w.id, w.offset, w.len, ok);
-        } else if ok && self.state.pdsk <= DiskState::Failed && self.state.disk > DiskState::Failed
+        } else if ok
+            && (self.state.pdsk <= DiskState::Failed || w.sender_lacks)
+            && self.state.disk > DiskState::Failed
         {
             // This disk is the only copy: the blocks the peer lacks are on disk in our bitmap
             // before the write is acked (DRBD puts such writes through the activity log).
@@ -1524,7 +1611,19 @@ impl Engine {
     }
 
     /// The disk goes Failed, then Diskless; the peer learns it and keeps the bits.
+    /// Drops a running resync because a disk is gone; replies still on their way to its
+    /// requests are dropped when they arrive.
+    fn abort_resync(&mut self) {
+        if let Some(p) = self.peer.as_mut() {
+            if let Some(r) = p.resync.take() {
+                p.rs_stale_below = r.next_id;
+                self.log("Resync aborted.".into());
+            }
+        }
+    }
+
     pub(super) fn detach_after_error(&mut self) {
+        self.abort_resync();
         self.force_state(|s| s.disk = DiskState::Failed);
         self.force_state(|s| s.disk = DiskState::Diskless);
         self.meta_queue.clear();

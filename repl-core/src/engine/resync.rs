@@ -48,7 +48,7 @@ pub(super) struct Resync {
     /// The next block the target looks at.
     pos: u64,
     inflight: HashMap<u64, InFlight>,
-    next_id: u64,
+    pub(super) next_id: u64,
     /// Bytes the rate allows to request now.
     credit: u64,
     rate_kib: u64,
@@ -95,6 +95,7 @@ impl Engine {
         let total_bits = self.bitmap.count();
         if let Some(p) = self.peer.as_mut() {
             p.phase = Phase::Running;
+            let first_id = RS_ID_BASE.max(p.rs_stale_below);
             p.resync = Some(Resync {
                 source,
                 started: now,
@@ -104,7 +105,7 @@ impl Engine {
                 synced_bits: 0,
                 pos: 0,
                 inflight: HashMap::new(),
-                next_id: RS_ID_BASE,
+                next_id: first_id,
                 credit: rate_kib * 1024 / 10,
                 rate_kib,
                 failed_bits: 0,
@@ -332,13 +333,19 @@ impl Engine {
             return;
         };
         let link = peer.gen;
+        // A reply to a request of a resync this node aborted when its disk failed.
+        let stale = id < peer.rs_stale_below;
         let Some(r) = peer.resync.as_mut().filter(|r| !r.source) else {
-            self.protocol_error("P_RS_DATA_REPLY while not SyncTarget".into());
+            if !stale {
+                self.protocol_error("P_RS_DATA_REPLY while not SyncTarget".into());
+            }
             return;
         };
         r.last_now = now;
         let Some(inflight) = r.inflight.get(&id) else {
-            self.protocol_error(format!("P_RS_DATA_REPLY for unknown request {id}"));
+            if !stale {
+                self.protocol_error(format!("P_RS_DATA_REPLY for unknown request {id}"));
+            }
             return;
         };
         let offset = inflight.bits.start * BLOCK_BYTES;
@@ -375,6 +382,7 @@ impl Engine {
                 data,
                 resync: true,
                 issued: false,
+                sender_lacks: false,
             },
         );
         self.peer_wait.push_back(key);
@@ -504,7 +512,7 @@ impl Engine {
     }
 
     /// `drbd_resync_finished`: UUIDs and disk states move, the bitmap is written.
-    fn finish_resync(&mut self, ok: bool) {
+    pub(super) fn finish_resync(&mut self, ok: bool) {
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
