@@ -121,13 +121,19 @@ pub fn discard_my_data(setup: &[String]) -> Result<bool, String> {
     Ok(on)
 }
 
+/// The commands that act on a whole resource: `RES/VOL` is refused for them, as drbdadm
+/// refuses it.
+const WHOLE_RESOURCE: &[&str] = &["down", "connect", "disconnect", "status", "adjust"];
+
 /// drbdsetup's exit code for a command line it cannot parse.
 const E_SYNTAX: i32 = 20;
 
-/// One resource the command names, on this node.
+/// One resource (or one volume of it, `RES/VOL`) the command names, on this node.
 #[derive(Debug, Clone)]
 struct Target {
     name: String,
+    /// `RES/VOL`: only this volume (`volumes` and `eff` hold only it).
+    volume: Option<u32>,
     /// The effective configuration; `None` when it cannot be resolved (the daemon then says
     /// why, if it is asked).
     eff: Option<EffectiveResource>,
@@ -136,14 +142,23 @@ struct Target {
 }
 
 impl Target {
+    /// What the daemon is told: `RES`, or `RES/VOL` for one volume.
+    fn id(&self) -> String {
+        match self.volume {
+            Some(v) => format!("{}/{v}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     fn minor(&self) -> u32 {
         self.volumes.first().map_or(0, |v| v.1)
     }
 
-    fn has_disk(&self) -> bool {
+    /// Whether volume `vnr` has a disk configured (not `disk none`).
+    fn has_disk_on(&self, vnr: u32) -> bool {
         self.eff
             .as_ref()
-            .is_some_and(|e| e.volumes.iter().any(|v| v.disk.is_some()))
+            .is_some_and(|e| e.volumes.iter().any(|v| v.vnr == vnr && v.disk.is_some()))
     }
 
     fn has_peer(&self) -> bool {
@@ -200,7 +215,7 @@ pub fn run(inv: &Invocation, env: &NodeEnv, opts: &DaemonOptions) -> Outcome {
         return out;
     }
     for t in &targets {
-        let name = t.name.clone();
+        let name = t.id();
         let (op, limit) = match cmd {
             "up" => (
                 Op::Up {
@@ -372,20 +387,24 @@ fn adjust(
     let setup_opts = &opts.setup_options;
     let mut plan: Vec<(&Target, Vec<Step>)> = Vec::new();
     for t in targets {
-        let s = statuses.iter().find(|s| s.resource == t.name);
-        let steps = match s {
-            None => vec![Step::Up],
-            Some(s) => {
-                let mut v = Vec::new();
-                let diskless = s.state.disk == DiskState::Diskless;
-                if diskless && t.has_disk() {
-                    v.push(Step::Attach);
-                }
-                if s.state.conn == ConnState::StandAlone && t.has_peer() {
-                    v.push(Step::Connect);
-                }
-                v
+        let mine: Vec<&Status> = statuses.iter().filter(|s| s.resource == t.name).collect();
+        let steps = if mine.is_empty() {
+            vec![Step::Up]
+        } else {
+            let mut v = Vec::new();
+            // Diskless volumes that have a disk configured (not `disk none` ones).
+            let detached: Vec<u32> = mine
+                .iter()
+                .filter(|s| s.state.disk == DiskState::Diskless && t.has_disk_on(s.volume))
+                .map(|s| s.volume)
+                .collect();
+            if !detached.is_empty() {
+                v.push(Step::Attach(detached));
             }
+            if mine.iter().any(|s| s.state.conn == ConnState::StandAlone) && t.has_peer() {
+                v.push(Step::Connect);
+            }
+            v
         };
         plan.push((t, steps));
     }
@@ -407,8 +426,10 @@ fn adjust(
                             staged.push((Stage::Net, c));
                         }
                     }
-                    Step::Attach => {
-                        for a in setup::attach_steps(eff, setup_opts) {
+                    Step::Attach(vols) => {
+                        let mut some = eff.clone();
+                        some.volumes.retain(|v| vols.contains(&v.vnr));
+                        for a in setup::attach_steps(&some, setup_opts) {
                             staged.push((Stage::Disk, a));
                         }
                     }
@@ -441,37 +462,51 @@ fn adjust(
         }
     }
     for (t, steps) in plan {
-        for step in steps {
-            let (op, cmd) = match step {
-                Step::Up => (
+        'steps: for step in steps {
+            let calls: Vec<(Op, &str)> = match step {
+                Step::Up => vec![(
                     Op::Up {
                         config: config_path.to_path_buf(),
                         resource: t.name.clone(),
                     },
                     "up",
-                ),
-                Step::Attach => (
+                )],
+                Step::Attach(vols) if vols.len() == t.volumes.len() => vec![(
                     Op::Attach {
                         config: config_path.to_path_buf(),
                         resource: t.name.clone(),
                     },
                     "attach",
-                ),
-                Step::Connect => (
+                )],
+                Step::Attach(vols) => vols
+                    .iter()
+                    .map(|v| {
+                        (
+                            Op::Attach {
+                                config: config_path.to_path_buf(),
+                                resource: format!("{}/{v}", t.name),
+                            },
+                            "attach",
+                        )
+                    })
+                    .collect(),
+                Step::Connect => vec![(
                     Op::Connect {
                         resource: t.name.clone(),
                         discard_my_data,
                     },
                     "connect",
-                ),
+                )],
             };
-            if let Err(e) = client.call(op) {
-                let code = report(&mut out, &e, failed_step(cmd, t, setup_opts));
-                if code >= 20 {
-                    return out;
+            for (op, cmd) in calls {
+                if let Err(e) = client.call(op) {
+                    let code = report(&mut out, &e, failed_step(cmd, t, setup_opts));
+                    if code >= 20 {
+                        return out;
+                    }
+                    // drbdadm skips the rest of a resource whose step failed.
+                    break 'steps;
                 }
-                // drbdadm skips the rest of a resource whose step failed.
-                break;
             }
         }
     }
@@ -479,10 +514,11 @@ fn adjust(
 }
 
 /// What `adjust` does for one resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
     Up,
-    Attach,
+    /// Attach these Diskless volumes.
+    Attach(Vec<u32>),
     Connect,
 }
 
@@ -662,6 +698,7 @@ fn resources(inv: &Invocation, env: &NodeEnv) -> Result<(PathBuf, Vec<Target>), 
         .filter(|r| !r.ignore && !r.stacked)
         .map(|r| Target {
             name: r.name.clone(),
+            volume: None,
             eff: resolve(config, r, &env.nodename).ok(),
             volumes: r
                 .me
@@ -692,17 +729,63 @@ fn resources(inv: &Invocation, env: &NodeEnv) -> Result<(PathBuf, Vec<Target>), 
             targets.extend(mine.iter().cloned());
             continue;
         }
-        // Volume 0 is the only volume tandemd serves; `RES/0` names it too.
-        let name = arg.strip_suffix("/0").unwrap_or(arg);
-        let Some(t) = mine.iter().find(|m| m.name == name) else {
-            let msg = format!("'{arg}' not defined in your config (for this host).\n");
-            return Err(Outcome {
-                stderr: msg,
-                code: E_USAGE,
-                ..Outcome::default()
-            });
+        let usage = |msg: String| Outcome {
+            stderr: msg,
+            code: E_USAGE,
+            ..Outcome::default()
         };
-        targets.push(t.clone());
+        let undefined = || {
+            usage(format!(
+                "'{arg}' not defined in your config (for this host).\n"
+            ))
+        };
+        // `minor-N` names the volume with that minor, as `RES/VOL` does.
+        let by_minor = arg
+            .strip_prefix("minor-")
+            .and_then(|m| m.parse::<u32>().ok())
+            .and_then(|m| {
+                mine.iter().find_map(|t| {
+                    t.volumes
+                        .iter()
+                        .find(|&&(_, minor)| minor == m)
+                        .map(|&(vnr, _)| (t.name.as_str(), Some(vnr)))
+                })
+            });
+        let (name, vnr) = match (by_minor, arg.split_once('/')) {
+            (Some(found), _) => found,
+            (None, Some((n, v))) => (n, Some(v.parse::<u32>().map_err(|_| undefined())?)),
+            (None, None) => (arg.as_str(), None),
+        };
+        let Some(t) = mine.iter().find(|m| m.name == name) else {
+            return Err(undefined());
+        };
+        let mut t = t.clone();
+        match vnr {
+            Some(v) => {
+                if !t.volumes.iter().any(|&(vol, _)| vol == v) {
+                    return Err(undefined());
+                }
+                if WHOLE_RESOURCE.contains(&inv.command.as_str()) {
+                    return Err(usage(format!(
+                        "{} operates on whole resources, but you specified a specific volume!\n",
+                        inv.command
+                    )));
+                }
+                t.volume = Some(v);
+                t.volumes.retain(|&(vol, _)| vol == v);
+                if let Some(eff) = t.eff.as_mut() {
+                    eff.volumes.retain(|x| x.vnr == v);
+                }
+            }
+            None if inv.command == "new-current-uuid" && t.volumes.len() > 1 => {
+                return Err(usage(format!(
+                    "new-current-uuid requires a specific volume id, but none is specified.\n\
+                     Try 'new-current-uuid minor-<minor_number>' or 'new-current-uuid {name}/<vnr>'\n"
+                )));
+            }
+            None => {}
+        }
+        targets.push(t);
     }
     Ok((config_file(inv), targets))
 }

@@ -94,3 +94,67 @@ fn dry_runs_match_drbdadm_84() {
     }
     assert!(compared > 200, "compared {compared} dry runs");
 }
+
+/// `RES/VOL` (and `minor-N`) for every volume of the multi-volume corpus resources: the per-volume commands
+/// print that volume's lines, the whole-resource ones refuse as drbdadm-84 refuses.
+#[test]
+fn volume_dry_runs_match_drbdadm_84() {
+    let Some(_) = oracle() else { return };
+    let run_dir = std::env::temp_dir().join(format!("tandem-dry-run-vol-{}", std::process::id()));
+    let mut compared = 0;
+    for f in files("v84") {
+        let d = f.parent().unwrap();
+        let n = f.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&f).unwrap();
+        if !text.contains("volume 1") {
+            continue;
+        }
+        for node in host_names(&text) {
+            // `RES/VOL`, and `minor-N` for the same volumes.
+            let mut ids: Vec<String> = (0..4).map(|m| format!("minor-{m}")).collect();
+            for res in resource_names(&text) {
+                ids.extend((0..3).map(|v| format!("{res}/{v}")));
+            }
+            for id in &ids {
+                for cmd in COMMANDS {
+                    if cmd.first() == Some(&"--") {
+                        continue;
+                    }
+                    let mut args = vec!["-c", n.as_str(), "-d"];
+                    args.extend(*cmd);
+                    args.push(id);
+                    let want = run_oracle(d, Some(&node), &args);
+                    let mut ours = vec!["--run-dir", run_dir.to_str().unwrap(), "--node", &node];
+                    ours.extend(&args);
+                    let got = run_ours(d, None, &ours);
+                    if want.code != 0 {
+                        if want.stderr.contains("operates on whole resources")
+                            || want.stderr.contains("not defined in your config")
+                        {
+                            // The oracle first says which node it pretends to be.
+                            let last = want.stderr.lines().last().unwrap_or("");
+                            assert_eq!(
+                                (got.stderr.trim_end(), got.code),
+                                (last, want.code),
+                                "{n} as {node}: drbdadm {args:?}"
+                            );
+                            compared += 1;
+                        }
+                        continue;
+                    }
+                    let want_out = want
+                        .stdout
+                        .replace("/lib/drbd/drbdsetup-84", "drbdsetup-84");
+                    assert_eq!(
+                        (got.stdout.as_str(), got.code),
+                        (want_out.as_str(), 0),
+                        "{n} as {node}: drbdadm {args:?}\nstderr: {}",
+                        got.stderr
+                    );
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert!(compared > 50, "compared {compared} dry runs");
+}

@@ -161,6 +161,19 @@ impl Sim {
         let mut ranges = self.conn.oos.clone();
         for n in &self.nodes {
             ranges.extend(n.disk.inflight_writes());
+            // Mirrored writes whose answer is still on its way (a disk attached on this
+            // connection refuses what was sent before: the sender marks it at the
+            // `P_NEG_ACK`, after the exchange).
+            ranges.extend(n.reqs.values().filter_map(|r| match r.op {
+                crate::workload::Op::Write { offset, len, .. }
+                | crate::workload::Op::Trim { offset, len }
+                | crate::workload::Op::Zeroes { offset, len, .. }
+                    if r.mirrored.is_some() && !r.peer_acked =>
+                {
+                    Some((offset, len))
+                }
+                _ => None,
+            }));
         }
         for (o, l) in ranges {
             let first = (o / BLOCK) as usize;

@@ -736,6 +736,41 @@ impl Sim {
         }
     }
 
+    /// `drbdadm attach` of node `i` once its disk works again, if the engine runs without
+    /// it (detached after an error): the disk as it is now goes back to the running engine.
+    pub(crate) fn reattach(&mut self, i: usize) {
+        let diskless = self.nodes[i]
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.state().disk == DiskState::Diskless);
+        if !diskless || !self.alive(i) || self.nodes[i].going_down {
+            return;
+        }
+        let on_disk = match self.nodes[i].disk.on_disk() {
+            Ok(d) => d,
+            Err(e) => {
+                self.fail("metadata-decodes", format!("{}: {e}", self.nodes[i].name));
+                return;
+            }
+        };
+        let name = self.nodes[i].name;
+        let Some(e) = self.nodes[i].engine.as_mut() else {
+            return;
+        };
+        match e.reattach(on_disk) {
+            Ok(()) => {
+                self.headline(format!("operator: attach {name} again"));
+                self.fault("op re-attach");
+                self.nodes[i].check_due = true;
+            }
+            Err(err) => {
+                self.note(format!("{name} attach: refused: {err}"));
+                self.count("re-attach refused");
+            }
+        }
+        self.drain(i);
+    }
+
     /// Runs an operator command on node `i`; `Err` is a refusal (expected at times).
     pub(crate) fn command(&mut self, i: usize, cmd: Command) -> bool {
         self.command_with(i, cmd, OnSuccess::Nothing)
@@ -1813,6 +1848,7 @@ impl Sim {
                     f.meta_error = 0.0;
                     f.full = false;
                     f.slow = 1;
+                    self.reattach(node);
                 }
             }
             Ev::EndCorrupt { id } => {

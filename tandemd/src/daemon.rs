@@ -213,14 +213,32 @@ impl Daemon {
         }
     }
 
-    fn handle_of(&self, res: &str) -> Result<resource::Handle, ControlError> {
-        match self.registry.get(res) {
-            Some(Ok(h)) => Ok(h),
-            Some(Err(())) => Err(ControlError::new(
-                11,
-                format!("{res}: in transient state (being brought up); retry"),
-            )),
-            None => Err(not_up(res)),
+    /// The volume tasks `res` names: every volume of resource `NAME`, or volume `N` of
+    /// `NAME/N`.
+    fn handles_of(&self, res: &str) -> Result<Vec<resource::Handle>, ControlError> {
+        let (name, volume) = split_target(res);
+        let all = match self.registry.get(name) {
+            Some(Ok(v)) => v,
+            Some(Err(())) => {
+                return Err(ControlError::new(
+                    11,
+                    format!("{name}: in transient state (being brought up); retry"),
+                ))
+            }
+            None => return Err(not_up(name)),
+        };
+        match volume {
+            None => Ok(all),
+            Some(v) => {
+                let one: Vec<_> = all.into_iter().filter(|h| h.shared.volume == v).collect();
+                if one.is_empty() {
+                    return Err(ControlError::new(
+                        10,
+                        format!("{res}: Failure: (127) Device minor not allocated; {name} has no volume {v} up"),
+                    ));
+                }
+                Ok(one)
+            }
         }
     }
 
@@ -238,37 +256,57 @@ impl Daemon {
         rx.await.map_err(|_| gone())?
     }
 
+    /// A per-volume command on each volume `res` names, in volume order; the first refusal
+    /// ends it, as drbdadm stops at the first failing minor.
     async fn command(&self, res: &str, cmd: Command) -> Result<Reply, ControlError> {
-        let h = self.handle_of(res)?;
-        if cmd == Command::Secondary {
-            h.shared.wait_closed(CLOSE_GRACE).await;
+        for h in self.handles_of(res)? {
+            if cmd == Command::Secondary {
+                h.shared.wait_closed(CLOSE_GRACE).await;
+            }
+            self.send(&h, cmd).await?;
         }
-        self.send(&h, cmd).await.map(|()| Reply::Done)
+        Ok(Reply::Done)
     }
 
-    /// `connect`, with `--discard-my-data` for the next connection only.
+    /// `connect`, with `--discard-my-data` for the next connection only; the connection is
+    /// the resource's, so every volume takes part.
     async fn connect(&self, res: &str, discard_my_data: bool) -> Result<Reply, ControlError> {
-        let h = self.handle_of(res)?;
-        let (reply, rx) = oneshot::channel();
-        let gone = || not_up(&h.shared.name);
-        h.control
-            .send(Control::Connect {
-                discard_my_data,
-                reply,
-            })
-            .await
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?.map(|()| Reply::Done)
+        let mut hs = self.handles_of(split_target(res).0)?;
+        if hs.iter().any(|h| !h.shared.is_detached()) {
+            // Detached volumes join the connection when they are attached again.
+            hs.retain(|h| !h.shared.is_detached());
+        }
+        for h in hs {
+            let (reply, rx) = oneshot::channel();
+            let gone = || not_up(&h.shared.name);
+            h.control
+                .send(Control::Connect {
+                    discard_my_data,
+                    reply,
+                })
+                .await
+                .map_err(|_| gone())?;
+            rx.await.map_err(|_| gone())??;
+        }
+        Ok(Reply::Done)
     }
 
-    /// Like `drbdsetup down`, a resource that is not up is already down.
+    /// Like `drbdsetup down`, a resource that is not up is already down. Every volume goes
+    /// down; the first refusal is reported.
     async fn down(&self, res: &str) -> Result<(), ControlError> {
-        match self.registry.get(res) {
+        let name = split_target(res).0;
+        match self.registry.get(name) {
             None => Ok(()),
             Some(_) => {
-                let h = self.handle_of(res)?;
-                h.shared.wait_closed(CLOSE_GRACE).await;
-                self.send(&h, Command::Down).await
+                let mut first = Ok(());
+                for h in self.handles_of(name)? {
+                    h.shared.wait_closed(CLOSE_GRACE).await;
+                    let r = self.send(&h, Command::Down).await;
+                    if first.is_ok() {
+                        first = r;
+                    }
+                }
+                first
             }
         }
     }
@@ -287,68 +325,86 @@ impl Daemon {
         v
     }
 
-    /// Loads `res` from `config` for this node: its effective configuration and its volume.
+    /// Loads `res` (`NAME` or `NAME/N`) from `config` for this node: its effective
+    /// configuration and the volumes named.
     async fn load(
         &self,
         config: &Path,
         res: &str,
-    ) -> Result<(EffectiveResource, EffectiveVolume), ControlError> {
+    ) -> Result<(EffectiveResource, Vec<EffectiveVolume>), ControlError> {
+        let (name, volume) = split_target(res);
         let node = self.opts.node.clone();
         let cfg_path = config.to_path_buf();
-        let name = res.to_string();
-        let eff = blocking(move || crate::config::load_resource(&cfg_path, &name, &node)).await?;
-        let vol = match eff.volumes.as_slice() {
-            [v] => v.clone(),
-            [] => {
-                return Err(ControlError::new(
-                    10,
-                    format!("{res}: no volume on this node in {}", config.display()),
-                ))
-            }
-            vs => {
-                return Err(ControlError::new(
-                    10,
-                    format!(
-                        "{res} has {} volumes; tandemd serves one volume per resource for now",
-                        vs.len()
+        let owned = name.to_string();
+        let eff = blocking(move || crate::config::load_resource(&cfg_path, &owned, &node)).await?;
+        let vols: Vec<EffectiveVolume> = eff
+            .volumes
+            .iter()
+            .filter(|v| volume.is_none_or(|n| v.vnr == n))
+            .cloned()
+            .collect();
+        if vols.is_empty() {
+            return Err(ControlError::new(
+                10,
+                match volume {
+                    None => format!("{name}: no volume on this node in {}", config.display()),
+                    Some(n) => format!(
+                        "'{res}' not defined in your config (for this host): {name} has no volume {n}"
                     ),
-                ))
-            }
-        };
-        Ok((eff, vol))
+                },
+            ));
+        }
+        Ok((eff, vols))
     }
 
     async fn up(self: Arc<Self>, config: PathBuf, res: String) -> Result<(), ControlError> {
-        let (eff, vol) = self.load(&config, &res).await?;
+        if split_target(&res).1.is_some() {
+            return Err(ControlError::new(
+                10,
+                format!(
+                    "{res}: tandemd brings up whole resources; run drbdadm up {}",
+                    split_target(&res).0
+                ),
+            ));
+        }
+        let (eff, vols) = self.load(&config, &res).await?;
         if !self.registry.reserve(&res) {
             return Err(ControlError::new(
                 10,
                 format!(
                     "{}: Failure: (124) Device is attached to a disk (use detach first); {res} is already up",
-                    vol.minor
+                    vols[0].minor
                 ),
             ));
         }
-        let r = self.clone().attach(&eff, &vol).await;
+        let r = self.clone().attach(&eff, &vols).await;
         if r.is_err() {
             self.registry.release(&res);
         }
         r
     }
 
-    /// Opens the backing device and metadata of `vol` and attaches an engine to them.
+    /// Opens the backing device and metadata of `vol` and attaches an engine to them; a
+    /// volume without a disk (`disk none`) gets a diskless engine.
     async fn prepare(
         &self,
         eff: &EffectiveResource,
         vol: &EffectiveVolume,
     ) -> Result<Prepared, ControlError> {
-        let name = eff.name.clone();
-        let v = vol.clone();
-        let backing = blocking(move || crate::disk::open_volume(&name, &v)).await?;
+        let backing = match vol.disk {
+            Some(_) => {
+                let name = eff.name.clone();
+                let v = vol.clone();
+                Some(blocking(move || crate::disk::open_volume(&name, &v)).await?)
+            }
+            None => None,
+        };
         let seed = entropy().map_err(|e| {
             ControlError::new(E_EXEC_ERROR, format!("cannot read /dev/urandom: {e}"))
         })?;
-        let geometry: AlGeometry = backing.on_disk.layout.al;
+        let geometry: AlGeometry = backing
+            .as_ref()
+            .map_or_else(AlGeometry::default, |b| b.on_disk.layout.al);
         let max_slots = 919u64 * u64::from(geometry.blocks().saturating_sub(1));
         let al_extents = vol
             .disk_options
@@ -391,6 +447,20 @@ impl Daemon {
             eff.name,
             vol.vnr
         );
+        let Some(backing) = backing else {
+            let engine = repl_core::engine::Engine::diskless(cfg)
+                .map_err(|e| ControlError::new(10, format!("{}: {e}", vol.minor)))?;
+            return Ok(Prepared {
+                attachment: Attachment {
+                    engine,
+                    data: None,
+                    meta: None,
+                    size: 0,
+                    degraded: false,
+                },
+                context,
+            });
+        };
         // DRBD's USE_DEGR_WFC_T: the metadata says Primary, and not connected.
         let flags = backing.on_disk.superblock.flags;
         let degraded =
@@ -407,133 +477,210 @@ impl Daemon {
         Ok(Prepared {
             attachment: Attachment {
                 engine,
-                data,
-                meta,
+                data: Some(data),
+                meta: Some(meta),
                 size,
                 degraded,
             },
-            link: peer.map(|(_, spec)| spec),
             context,
         })
     }
 
+    /// Starts a task per volume, all sharing the resource's peer link, and waits until every
+    /// volume is attached; on a failure, every volume goes down again.
     async fn attach(
         self: Arc<Self>,
         eff: &EffectiveResource,
-        vol: &EffectiveVolume,
+        vols: &[EffectiveVolume],
     ) -> Result<(), ControlError> {
-        let p = self.prepare(eff, vol).await?;
-        let a = p.attachment;
-        let shared = Arc::new(Shared::new(&eff.name, vol.minor, a.size));
-        shared.set_degraded(a.degraded);
-        let (attached, attached_rx) = oneshot::channel();
-        let handle = resource::spawn(
-            a.engine,
-            attached,
-            a.data,
-            a.meta,
-            shared,
-            self.registry.clone(),
-            self.board.clone(),
-            p.link,
-            crate::handlers::Handlers {
-                resource: eff.name.clone(),
-                minor: vol.minor,
-                volume: vol.vnr,
-                peer: eff
-                    .peer
-                    .as_ref()
-                    .and_then(|p| p.names.first().cloned())
-                    .unwrap_or_default(),
-                commands: eff.handlers.clone(),
-            },
-            p.context,
-        );
-        self.registry.install(&eff.name, handle.clone());
-        let r = attached_rx.await.unwrap_or_else(|_| {
-            Err(ControlError::new(
-                E_EXEC_ERROR,
-                format!("{}: the resource task ended while attaching", eff.name),
-            ))
-        });
-        if r.is_err() {
-            // Leave nothing half up: the metadata stays as the failed attach left it.
-            let (reply, rx) = oneshot::channel();
-            let down = Control::Command {
-                cmd: Command::Down,
-                shutdown: true,
-                reply,
+        let hub = match vols.first() {
+            Some(v) => crate::peer_config::peer_setup(eff, v)?
+                .map(|(_, spec)| crate::link::Hub::new(spec, vols.len())),
+            None => None,
+        };
+        let mut started = Vec::new();
+        let mut result = Ok(());
+        for vol in vols {
+            let p = match self.prepare(eff, vol).await {
+                Ok(p) => p,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             };
-            if handle.control.send(down).await.is_ok() {
-                let _ = tokio::time::timeout(DOWN_LIMIT, rx).await;
+            let a = p.attachment;
+            let shared = Arc::new(Shared::new(&eff.name, vol.vnr, vol.minor, a.size));
+            shared.set_degraded(a.degraded);
+            let (attached, attached_rx) = oneshot::channel();
+            let handle = resource::spawn(
+                a.engine,
+                attached,
+                a.data,
+                a.meta,
+                shared,
+                self.registry.clone(),
+                self.board.clone(),
+                hub.clone(),
+                crate::handlers::Handlers {
+                    resource: eff.name.clone(),
+                    minor: vol.minor,
+                    volume: vol.vnr,
+                    peer: eff
+                        .peer
+                        .as_ref()
+                        .and_then(|p| p.names.first().cloned())
+                        .unwrap_or_default(),
+                    commands: eff.handlers.clone(),
+                },
+                p.context,
+            );
+            self.registry.install(&eff.name, handle.clone());
+            started.push((handle, attached_rx));
+        }
+        let mut handles = Vec::new();
+        for (handle, rx) in started {
+            if result.is_ok() {
+                result = rx.await.unwrap_or_else(|_| {
+                    Err(ControlError::new(
+                        E_EXEC_ERROR,
+                        format!("{}: the resource task ended while attaching", eff.name),
+                    ))
+                });
+            }
+            handles.push(handle);
+        }
+        if result.is_err() {
+            // Leave nothing half up: the metadata stays as the failed attach left it.
+            for handle in handles {
+                let (reply, rx) = oneshot::channel();
+                let down = Control::Command {
+                    cmd: Command::Down,
+                    shutdown: true,
+                    reply,
+                };
+                if handle.control.send(down).await.is_ok() {
+                    let _ = tokio::time::timeout(DOWN_LIMIT, rx).await;
+                }
             }
             self.registry.release(&eff.name);
         }
-        r
+        result
     }
 
-    /// `detach`: the resource stays configured, Diskless. Detaching a Diskless resource does
+    /// `detach`: the volumes stay configured, Diskless. Detaching a Diskless volume does
     /// nothing, as in DRBD.
     async fn detach(&self, res: &str) -> Result<(), ControlError> {
-        let h = self.handle_of(res)?;
-        let (reply, rx) = oneshot::channel();
-        h.control
-            .send(Control::Detach {
-                force: false,
-                reply,
-            })
-            .await
-            .map_err(|_| not_up(res))?;
-        rx.await.map_err(|_| not_up(res))?
+        for h in self.handles_of(res)? {
+            let (reply, rx) = oneshot::channel();
+            h.control
+                .send(Control::Detach {
+                    force: false,
+                    reply,
+                })
+                .await
+                .map_err(|_| not_up(res))?;
+            rx.await.map_err(|_| not_up(res))??;
+        }
+        Ok(())
     }
 
-    /// `attach` of a Diskless resource, with the same checks and messages as `up`'s attach.
+    /// `attach` of the Diskless volumes `res` names, with the same checks and messages as
+    /// `up`'s attach.
     async fn attach_disk(&self, config: PathBuf, res: String) -> Result<(), ControlError> {
-        let (eff, vol) = self.load(&config, &res).await?;
-        let h = match self.registry.get(&res) {
-            Some(Ok(h)) => h,
-            Some(Err(())) => return Err(self.handle_of(&res).unwrap_err()),
+        let (eff, vols) = self.load(&config, &res).await?;
+        let name = split_target(&res).0.to_string();
+        let hs = match self.registry.get(&name) {
+            Some(Ok(hs)) => hs,
+            Some(Err(())) => return Err(self.handles_of(&name).unwrap_err()),
             None => {
                 return Err(ControlError::new(
                     10,
                     format!(
-                        "{}: Failure: (127) Device minor not allocated; run drbdadm up {res}",
-                        vol.minor
+                        "{}: Failure: (127) Device minor not allocated; run drbdadm up {name}",
+                        vols[0].minor
                     ),
                 ))
             }
         };
+        for vol in &vols {
+            let Some(h) = hs.iter().find(|h| h.shared.volume == vol.vnr) else {
+                return Err(ControlError::new(
+                    10,
+                    format!("{}: Failure: (127) Device minor not allocated", vol.minor),
+                ));
+            };
+            if vol.disk.is_none() {
+                return Err(ControlError::new(
+                    10,
+                    format!(
+                        "{}: volume {} of {name} has no disk ('disk none'); nothing to attach",
+                        vol.minor, vol.vnr
+                    ),
+                ));
+            }
+            self.attach_volume(&eff, vol, h).await?;
+        }
+        Ok(())
+    }
+
+    async fn attach_volume(
+        &self,
+        eff: &EffectiveResource,
+        vol: &EffectiveVolume,
+        h: &resource::Handle,
+    ) -> Result<(), ControlError> {
+        let res = &eff.name;
         if !h.shared.is_detached() {
-            // The task gives DRBD's answer (attached already, or diskless after an I/O error).
+            // The engine runs: attached already, or diskless after an I/O error, when it
+            // takes the reopened disk itself.
             let (reply, rx) = oneshot::channel();
             let probe = Control::Status { reply };
-            h.control.send(probe).await.map_err(|_| not_up(&res))?;
-            let st = rx.await.map_err(|_| not_up(&res))?;
+            h.control.send(probe).await.map_err(|_| not_up(res))?;
+            let st = rx.await.map_err(|_| not_up(res))?;
             if st.state.disk > DiskState::Diskless {
                 return Err(ControlError::new(
                     10,
                     format!("{}: {}", vol.minor, StateChangeError::DiskConfigured),
                 ));
             }
+            info!(
+                "block drbd{}: attaching {} again (resource {res}, volume {})",
+                vol.minor,
+                vol.disk.as_deref().unwrap_or("none"),
+                vol.vnr
+            );
+            let (name, v) = (eff.name.clone(), vol.clone());
+            let backing = blocking(move || crate::disk::open_volume(&name, &v)).await?;
+            let (reply, rx) = oneshot::channel();
+            let msg = Control::Reattach {
+                backing: Box::new(backing),
+                reply,
+            };
+            h.control.send(msg).await.map_err(|_| not_up(res))?;
+            return rx.await.unwrap_or_else(|_| {
+                Err(ControlError::new(
+                    E_EXEC_ERROR,
+                    format!("{res}: the resource task ended while attaching"),
+                ))
+            });
         }
-        let p = self.prepare(&eff, &vol).await?;
+        let p = self.prepare(eff, vol).await?;
         let (reply, rx) = oneshot::channel();
         let msg = Control::Attach {
             attachment: Box::new(p.attachment),
             reply,
         };
-        h.control.send(msg).await.map_err(|_| not_up(&res))?;
-        let r = rx.await.unwrap_or_else(|_| {
+        h.control.send(msg).await.map_err(|_| not_up(res))?;
+        // A re-attach whose metadata write failed goes back to Diskless by itself.
+        rx.await.unwrap_or_else(|_| {
             Err(ControlError::new(
                 E_EXEC_ERROR,
                 format!("{res}: the resource task ended while attaching"),
             ))
-        });
-        // A re-attach whose metadata write failed goes back to Diskless by itself.
-        r
+        })
     }
 
-    /// `wait-connect`: waits on the resource's state changes with the timeout drbdsetup would
+    /// `wait-connect`: waits on each volume's state changes with the timeout drbdsetup would
     /// choose (the kernel's `get_timeout_type`).
     async fn wait_connect(
         &self,
@@ -541,7 +688,19 @@ impl Daemon {
         t: WaitTimeouts,
         wait_after_sb: bool,
     ) -> Result<(), ControlError> {
-        let h = self.handle_of(res)?;
+        for h in self.handles_of(res)? {
+            self.wait_connect_volume(res, &h, t, wait_after_sb).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_connect_volume(
+        &self,
+        res: &str,
+        h: &resource::Handle,
+        t: WaitTimeouts,
+        wait_after_sb: bool,
+    ) -> Result<(), ControlError> {
         let mut rx = h.shared.subscribe();
         let first = (*rx.borrow()).ok_or_else(|| not_up(res))?;
         let (secs, which) = if first.pdsk == DiskState::Outdated {
@@ -583,13 +742,23 @@ impl Daemon {
     }
 }
 
+/// `NAME/N` -> (`NAME`, `Some(N)`); `NAME` -> (`NAME`, `None`). Resource names have no `/`.
+pub fn split_target(res: &str) -> (&str, Option<u32>) {
+    match res.split_once('/') {
+        Some((name, v)) => match v.parse() {
+            Ok(n) => (name, Some(n)),
+            Err(_) => (res, None),
+        },
+        None => (res, None),
+    }
+}
+
 /// `drbdsetup wait-connect`'s exit code when the timeout expires.
 const EXIT_TIMEOUT: i32 = 5;
 
-/// An engine ready for a resource task, with what the task needs besides it.
+/// An engine ready for a volume task, with what the task needs besides it.
 struct Prepared {
     attachment: Attachment,
-    link: Option<crate::link::LinkSpec>,
     context: Context,
 }
 

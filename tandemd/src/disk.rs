@@ -74,7 +74,8 @@ fn read_at(f: &File, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, Contr
 pub fn open_volume(res: &str, vol: &EffectiveVolume) -> Result<Backing, ControlError> {
     let Some(disk) = vol.disk.as_deref() else {
         return Err(fail(format!(
-            "{res}: diskless volumes ('disk none') are not supported by tandemd yet"
+            "{res}: volume {} has no disk ('disk none'); nothing to open",
+            vol.vnr
         )));
     };
     let (data_file, data_bytes) = open_sized(disk, "backing device", res)?;

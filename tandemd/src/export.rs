@@ -1,5 +1,5 @@
-//! The daemon's NBD exports: a Primary resource under its name, backed by a device that hands
-//! every request to the resource's task.
+//! The daemon's NBD exports: each volume of a Primary resource as `NAME/N` (volume 0 also as
+//! `NAME`), backed by a device that hands every request to the volume's task.
 
 use std::io;
 use std::sync::Arc;
@@ -19,24 +19,37 @@ pub struct Exports {
     pub registry: Arc<Registry>,
 }
 
-/// `NAME` or `NAME/0` -> `NAME` (only volume 0 exists for now).
-fn resource_of(export: &str) -> &str {
-    export.strip_suffix("/0").unwrap_or(export)
+/// `NAME/N` -> (`NAME`, volume N); `NAME` -> (`NAME`, volume 0).
+fn volume_of(export: &str) -> (&str, u32) {
+    match crate::daemon::split_target(export) {
+        (name, Some(v)) => (name, v),
+        (name, None) => (name, 0),
+    }
 }
 
 impl ExportSource for Exports {
     fn list(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self
-            .registry
-            .handles()
+        let mut by_resource: std::collections::BTreeMap<String, usize> = Default::default();
+        let handles = self.registry.handles();
+        for h in &handles {
+            *by_resource.entry(h.shared.name.clone()).or_default() += 1;
+        }
+        let mut v: Vec<(String, String)> = handles
             .into_iter()
             .filter(|h| h.shared.is_primary())
             .map(|h| {
                 let d = format!(
-                    "tandem resource {} (minor {})",
-                    h.shared.name, h.shared.minor
+                    "tandem resource {} volume {} (minor {})",
+                    h.shared.name, h.shared.volume, h.shared.minor
                 );
-                (h.shared.name.clone(), d)
+                // A single volume 0 is exported under the resource's name alone.
+                let single = by_resource.get(&h.shared.name) == Some(&1) && h.shared.volume == 0;
+                let name = if single {
+                    h.shared.name.clone()
+                } else {
+                    format!("{}/{}", h.shared.name, h.shared.volume)
+                };
+                (name, d)
             })
             .collect();
         v.sort();
@@ -44,8 +57,8 @@ impl ExportSource for Exports {
     }
 
     fn open(&self, name: &str) -> Result<Export, Refusal> {
-        let res = resource_of(name);
-        let handle = match self.registry.get(res) {
+        let (res, volume) = volume_of(name);
+        let handles = match self.registry.get(res) {
             Some(Ok(h)) => h,
             Some(Err(())) => {
                 return Err(Refusal::Policy(format!(
@@ -58,19 +71,32 @@ impl ExportSource for Exports {
                 )))
             }
         };
+        let Some(handle) = handles.into_iter().find(|h| h.shared.volume == volume) else {
+            return Err(Refusal::Unknown(format!(
+                "resource {res} has no volume {volume} on this node"
+            )));
+        };
+        let label = if name.contains('/') {
+            format!("{res}/{volume}")
+        } else {
+            res.to_string()
+        };
         let Some(guard) = handle.shared.try_open() else {
             if handle.shared.is_detached() {
                 return Err(Refusal::Policy(format!(
-                    "resource {res} has no disk (detached); attach it with drbdadm attach {res}"
+                    "resource {label} has no disk (detached); attach it with drbdadm attach {label}"
                 )));
             }
             return Err(Refusal::Policy(format!(
-                "resource {res} is Secondary; promote it with drbdadm primary {res}"
+                "resource {label} is Secondary; promote it with drbdadm primary {res}"
             )));
         };
         Ok(Export {
             name: name.into(),
-            description: format!("tandem resource {res} (minor {})", handle.shared.minor),
+            description: format!(
+                "tandem resource {res} volume {volume} (minor {})",
+                handle.shared.minor
+            ),
             device: Arc::new(ResourceDevice {
                 io: handle.io.clone(),
                 size: handle.shared.size(),

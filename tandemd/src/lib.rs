@@ -1,9 +1,10 @@
 //! tandemd, the node daemon: it loads resources from their `.res` files, drives one
-//! `repl-core` engine per resource in its own task, performs the engine's disk operations,
-//! exports Primary resources over NBD and answers `drbdadm` on a control socket.
+//! `repl-core` engine per volume in its own task (the volumes of a resource share one peer
+//! connection), performs the engines' disk operations, exports the volumes of Primary
+//! resources over NBD and answers `drbdadm` on a control socket.
 //!
 //! It does not decide anything about replication (the engine does) and does not speak the
-//! NBD protocol itself (`nbd-server` does). Peer links arrive with replication.
+//! NBD protocol itself (`nbd-server` does).
 
 pub mod config;
 pub mod daemon;

@@ -13,12 +13,18 @@
 //! One side connects, the other accepts: the node whose name sorts last listens on its own
 //! `address` (it also breaks ties in the handshake, see [`repl_core::link::PeerInfo`]), the
 //! other connects to it. The resource task owns the engine; this task only moves packets.
+//!
+//! One connection carries every volume of a resource, as in DRBD 8.4: the volumes' tasks join
+//! the resource's [`Hub`], which starts the link once every volume of `up` has joined, hands
+//! each volume its own end of every connection ([`LinkEvent::Up`]) and routes received frames
+//! by their volume number ([`route`]).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -57,14 +63,34 @@ impl LinkSpec {
     }
 }
 
-/// What the link tells the resource task. `conn` numbers connections so that late events
+/// One volume's end of a connection: its packets go out in frames with its volume number
+/// (connection-level packets on volume 0).
+#[derive(Debug, Clone)]
+pub struct VolumeTx {
+    volume: u16,
+    tx: mpsc::UnboundedSender<Frame>,
+}
+
+impl VolumeTx {
+    /// Queues a packet; false when the connection is gone.
+    pub fn send(&self, packet: Packet) -> bool {
+        let volume = if packet.is_connection_level() {
+            0
+        } else {
+            self.volume
+        };
+        self.tx.send(Frame { volume, packet }).is_ok()
+    }
+}
+
+/// What the link tells a volume's task. `conn` numbers connections so that late events
 /// from an old one are ignored.
 #[derive(Debug)]
 pub enum LinkEvent {
     Up {
         conn: u64,
         peer: PeerInfo,
-        tx: mpsc::UnboundedSender<Packet>,
+        tx: VolumeTx,
         /// This side's handshake carried `--discard-my-data` (the engine's
         /// `LinkParams::discard_my_data` for this connection).
         discard_my_data: bool,
@@ -76,10 +102,239 @@ pub enum LinkEvent {
     Down {
         conn: u64,
         reason: String,
+        /// The link reconnects by itself; false after a close without reconnect (the
+        /// connection went StandAlone for every volume).
+        reconnect: bool,
         /// A send stayed blocked for `ko-count * timeout` (the connection goes through
         /// `Timeout`); otherwise it broke or was closed.
         timed_out: bool,
     },
+}
+
+/// Where a received frame goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// To this volume's engine.
+    Volume(u16),
+    /// To every volume (`P_DISCONNECT` concerns the whole connection).
+    All,
+    /// Dropped with this warning: a configuration packet for a volume this node does not
+    /// have (`config_unknown_volume` in DRBD's receiver).
+    Ignore(String),
+    /// A protocol error that ends the connection.
+    Error(String),
+}
+
+/// Routes a received frame among the volumes `known` says this node has.
+pub fn route(frame: &Frame, known: impl Fn(u16) -> bool) -> Route {
+    let p = &frame.packet;
+    if p.is_connection_level() {
+        return match p {
+            Packet::Disconnect => Route::All,
+            _ => Route::Error(format!("unexpected {} after the handshake", p.name())),
+        };
+    }
+    if known(frame.volume) {
+        return Route::Volume(frame.volume);
+    }
+    let msg = format!(
+        "{} packet received for volume {}, which is not configured locally",
+        p.name(),
+        frame.volume
+    );
+    match p {
+        Packet::Sizes { .. } | Packet::Uuids { .. } | Packet::State(_) => Route::Ignore(msg),
+        _ => Route::Error(msg),
+    }
+}
+
+/// The volumes of one resource that take part in its connection, and its link task.
+#[derive(Debug)]
+pub struct Hub {
+    spec: LinkSpec,
+    inner: Mutex<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    /// Joined volumes and their tasks' event channels.
+    volumes: BTreeMap<u16, mpsc::UnboundedSender<LinkEvent>>,
+    /// The running link task.
+    ctl: Option<mpsc::UnboundedSender<LinkControl>>,
+    /// The connection that is up: its number, the peer, the writer, the discard flag it used.
+    up: Option<(u64, PeerInfo, mpsc::UnboundedSender<Frame>, bool)>,
+    /// Volumes that must join before the first start (every volume of `up`).
+    expected: usize,
+    started: bool,
+}
+
+impl Hub {
+    /// A hub for a resource whose `expected` volumes are being attached.
+    pub fn new(spec: LinkSpec, expected: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            spec,
+            inner: Mutex::new(HubInner {
+                volumes: BTreeMap::new(),
+                ctl: None,
+                up: None,
+                expected,
+                started: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The link's configuration (for log lines).
+    pub fn spec(&self) -> &LinkSpec {
+        &self.spec
+    }
+
+    /// Volume `volume` takes part in connections from now on. Starts the link once every
+    /// expected volume has joined; a volume that joins a connection already up makes it
+    /// reconnect, so that the handshake includes it.
+    pub fn join(
+        self: &Arc<Self>,
+        volume: u16,
+        events: mpsc::UnboundedSender<LinkEvent>,
+        discard_my_data: bool,
+    ) {
+        let mut h = self.lock();
+        h.volumes.insert(volume, events);
+        if let Some(ctl) = &h.ctl {
+            if h.up.is_some() {
+                info!(
+                    "{}: volume {volume} joins the connection; reconnecting",
+                    self.spec.config.resource
+                );
+                let _ = ctl.send(LinkControl::Close { reconnect: true });
+            } else {
+                let _ = ctl.send(LinkControl::Connect { discard_my_data });
+            }
+            return;
+        }
+        if !h.started && h.volumes.len() < h.expected {
+            return;
+        }
+        h.started = true;
+        let mut spec = self.spec.clone();
+        spec.config.discard_my_data = discard_my_data;
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        h.ctl = Some(ctl_tx);
+        spawn_link(spec, self.clone(), ctl_rx);
+    }
+
+    /// Volume `volume` leaves (detached or down). The link stops with the last volume; while
+    /// others remain, a connection that is up reconnects without it.
+    pub fn leave(&self, volume: u16) {
+        let mut h = self.lock();
+        if h.volumes.remove(&volume).is_none() {
+            return;
+        }
+        if h.volumes.is_empty() {
+            if let Some(ctl) = h.ctl.take() {
+                let _ = ctl.send(LinkControl::Stop);
+            }
+            h.up = None;
+        } else if let (Some(ctl), Some(_)) = (&h.ctl, &h.up) {
+            let _ = ctl.send(LinkControl::Close { reconnect: true });
+        }
+    }
+
+    /// Whether volumes other than `volume` take part in the connection.
+    pub fn shared_with_others(&self, volume: u16) -> bool {
+        self.lock().volumes.keys().any(|&v| v != volume)
+    }
+
+    /// Passes a control message to the link task, if it runs.
+    pub fn control(&self, c: LinkControl) {
+        if let Some(ctl) = &self.lock().ctl {
+            let _ = ctl.send(c);
+        }
+    }
+
+    /// Whether the link task runs.
+    pub fn running(&self) -> bool {
+        self.lock().ctl.is_some()
+    }
+
+    /// A connection finished its handshake: every joined volume gets its end of it.
+    fn connected(
+        &self,
+        conn: u64,
+        peer: &PeerInfo,
+        tx: &mpsc::UnboundedSender<Frame>,
+        discard: bool,
+    ) {
+        let mut h = self.lock();
+        h.up = Some((conn, peer.clone(), tx.clone(), discard));
+        h.volumes.retain(|&volume, events| {
+            events
+                .send(LinkEvent::Up {
+                    conn,
+                    peer: peer.clone(),
+                    tx: VolumeTx {
+                        volume,
+                        tx: tx.clone(),
+                    },
+                    discard_my_data: discard,
+                })
+                .is_ok()
+        });
+    }
+
+    /// A frame of connection `conn`; `Err` ends the connection with a protocol error.
+    fn dispatch(&self, conn: u64, frame: Frame) -> Result<(), String> {
+        let mut h = self.lock();
+        match route(&frame, |v| h.volumes.contains_key(&v)) {
+            Route::Volume(v) => {
+                if let Some(events) = h.volumes.get(&v) {
+                    let packet = frame.packet;
+                    if events.send(LinkEvent::Packet { conn, packet }).is_err() {
+                        h.volumes.remove(&v);
+                    }
+                }
+                Ok(())
+            }
+            Route::All => {
+                h.volumes.retain(|_, events| {
+                    let packet = frame.packet.clone();
+                    events.send(LinkEvent::Packet { conn, packet }).is_ok()
+                });
+                Ok(())
+            }
+            Route::Ignore(msg) => {
+                warn!("{}: {msg}", self.spec.config.resource);
+                Ok(())
+            }
+            Route::Error(msg) => Err(msg),
+        }
+    }
+
+    /// Connection `conn` ended.
+    fn disconnected(&self, conn: u64, reason: &str, reconnect: bool, timed_out: bool) {
+        let mut h = self.lock();
+        if h.up.as_ref().is_some_and(|u| u.0 == conn) {
+            h.up = None;
+        }
+        for events in h.volumes.values() {
+            let _ = events.send(LinkEvent::Down {
+                conn,
+                reason: reason.to_owned(),
+                reconnect,
+                timed_out,
+            });
+        }
+    }
+
+    /// Whether any volume still takes part.
+    fn wanted(&self) -> bool {
+        !self.lock().volumes.is_empty()
+    }
 }
 
 /// What the resource task tells the link.
@@ -94,17 +349,12 @@ pub enum LinkControl {
     Stop,
 }
 
-/// Starts the link task; it connects at once.
-pub fn spawn(
-    spec: LinkSpec,
-    events: mpsc::UnboundedSender<LinkEvent>,
-) -> mpsc::UnboundedSender<LinkControl> {
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+/// Starts a link task on the links' own runtime (see [`runtime`]).
+fn spawn_link(spec: LinkSpec, hub: Arc<Hub>, ctl: mpsc::UnboundedReceiver<LinkControl>) {
     match runtime() {
-        Some(rt) => drop(rt.spawn(run(spec, events, ctl_rx))),
-        None => drop(tokio::spawn(run(spec, events, ctl_rx))),
+        Some(rt) => drop(rt.spawn(run(spec, hub, ctl))),
+        None => drop(tokio::spawn(run(spec, hub, ctl))),
     }
-    ctl_tx
 }
 
 /// The links' own runtime, apart from the one that drives the engines, as DRBD's ack
@@ -128,7 +378,6 @@ fn runtime() -> Option<&'static tokio::runtime::Runtime> {
     })
     .as_ref()
 }
-
 /// Why one connection ended.
 enum Ended {
     /// Lost or closed; reconnect after `connect-int`.
@@ -140,11 +389,7 @@ enum Ended {
     Stop,
 }
 
-async fn run(
-    mut spec: LinkSpec,
-    events: mpsc::UnboundedSender<LinkEvent>,
-    mut ctl: mpsc::UnboundedReceiver<LinkControl>,
-) {
+async fn run(mut spec: LinkSpec, hub: Arc<Hub>, mut ctl: mpsc::UnboundedReceiver<LinkControl>) {
     let resource = spec.config.resource.clone();
     let listener = if spec.accepts() {
         match bind(spec.local).await {
@@ -198,17 +443,17 @@ async fn run(
             peer,
             discard_my_data,
         };
-        let ended = serve(&spec, up, stream, rest, &events, &mut ctl).await;
-        let reason = match &ended {
-            Ended::Reconnect(r) | Ended::TimedOut(r) | Ended::Pause(r) => r.clone(),
-            Ended::Stop => "stopped".into(),
+        let ended = serve(&spec, up, stream, rest, &hub, &mut ctl).await;
+        let (reason, reconnect) = match &ended {
+            Ended::Reconnect(r) | Ended::TimedOut(r) => (r.clone(), true),
+            Ended::Pause(r) => (r.clone(), false),
+            Ended::Stop => ("stopped".into(), false),
         };
         let timed_out = matches!(ended, Ended::TimedOut(_));
-        let _ = events.send(LinkEvent::Down {
-            conn,
-            reason,
-            timed_out,
-        });
+        hub.disconnected(conn, &reason, reconnect, timed_out);
+        if !hub.wanted() {
+            return;
+        }
         match ended {
             Ended::Reconnect(_) | Ended::TimedOut(_) => {
                 tokio::select! {
@@ -347,28 +592,21 @@ async fn serve(
     up: Up,
     stream: TcpStream,
     rest: BytesMut,
-    events: &mpsc::UnboundedSender<LinkEvent>,
+    hub: &Arc<Hub>,
     ctl: &mut mpsc::UnboundedReceiver<LinkControl>,
 ) -> Ended {
     let conn = up.conn;
     let (read, write) = stream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel::<Packet>();
+    let (tx, rx) = mpsc::unbounded_channel::<Frame>();
     let (wdone_tx, mut wdone) = mpsc::channel::<WriteEnd>(1);
     let guard = SendGuard::new(spec);
     let writer = tokio::spawn(write_loop(write, rx, wdone_tx, guard));
-    if events
-        .send(LinkEvent::Up {
-            conn,
-            peer: up.peer,
-            tx: tx.clone(),
-            discard_my_data: up.discard_my_data,
-        })
-        .is_err()
-    {
+    hub.connected(conn, &up.peer, &tx, up.discard_my_data);
+    if !hub.wanted() {
         writer.abort();
         return Ended::Stop;
     }
-    let ended = read_loop(spec, conn, read, rest, &tx, events, ctl, &mut wdone).await;
+    let ended = read_loop(spec, conn, read, rest, &tx, hub, ctl, &mut wdone).await;
     match ended {
         Ended::Reconnect(_) | Ended::TimedOut(_) | Ended::Stop => writer.abort(),
         Ended::Pause(_) => {
@@ -386,8 +624,8 @@ async fn read_loop(
     conn: u64,
     mut read: OwnedReadHalf,
     mut buf: BytesMut,
-    tx: &mpsc::UnboundedSender<Packet>,
-    events: &mpsc::UnboundedSender<LinkEvent>,
+    tx: &mpsc::UnboundedSender<Frame>,
+    hub: &Arc<Hub>,
     ctl: &mut mpsc::UnboundedReceiver<LinkControl>,
     wdone: &mut mpsc::Receiver<WriteEnd>,
 ) -> Ended {
@@ -402,12 +640,13 @@ async fn read_loop(
                     ping_sent = None;
                     match frame.packet {
                         Packet::Ping => {
-                            let _ = tx.send(Packet::PingAck);
+                            let _ = tx.send(Frame::connection(Packet::PingAck));
                         }
                         Packet::PingAck => {}
-                        packet => {
-                            if events.send(LinkEvent::Packet { conn, packet }).is_err() {
-                                return Ended::Stop;
+                        _ => {
+                            if let Err(e) = hub.dispatch(conn, frame) {
+                                warn!("{}: {e}", spec.config.resource);
+                                return Ended::Reconnect(format!("protocol error: {e}"));
                             }
                         }
                     }
@@ -437,7 +676,7 @@ async fn read_loop(
                     return Ended::Reconnect("PingAck did not arrive in time.".into());
                 }
                 ping_sent = Some(Instant::now());
-                let _ = tx.send(Packet::Ping);
+                let _ = tx.send(Frame::connection(Packet::Ping));
             }
             c = ctl.recv() => match c {
                 Some(LinkControl::Close { reconnect: true }) => {
@@ -589,7 +828,7 @@ impl SendGuard {
 /// Writes queued packets, batching what is queued before each flush.
 async fn write_loop(
     write: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Packet>,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
     done: mpsc::Sender<WriteEnd>,
     guard: Arc<SendGuard>,
 ) {
@@ -618,12 +857,9 @@ async fn write_loop(
 
 async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut BufWriter<W>,
-    p: Packet,
+    frame: Frame,
 ) -> std::io::Result<()> {
-    let (head, payload) = encode_parts(&Frame {
-        volume: 0,
-        packet: p,
-    });
+    let (head, payload) = encode_parts(&frame);
     w.write_all(&head).await?;
     if let Some(payload) = payload {
         w.write_all(&payload).await?;
@@ -669,7 +905,9 @@ pub fn secret(
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use repl_core::state::{DiskState, Role};
     use repl_core::types::Sector;
+    use repl_core::wire::{AckKind, PeerState};
     use repl_core::wire::{DataFlags, DataKind};
 
     #[tokio::test]
@@ -686,16 +924,19 @@ mod tests {
         let writer = tokio::spawn(write_loop(write, rx, done_tx, guard));
         let data = Bytes::from(vec![0x5a; 1 << 20]);
         for id in 0..256 {
-            let _ = tx.send(Packet::Data {
-                id,
-                sector: Sector(0),
-                len: 1 << 20,
-                kind: DataKind::Write,
-                flags: DataFlags::default(),
-                epoch: 0,
-                digest: None,
-                data: data.clone(),
-            });
+            let _ = tx.send(frame(
+                0,
+                Packet::Data {
+                    id,
+                    sector: Sector(0),
+                    len: 1 << 20,
+                    kind: DataKind::Write,
+                    flags: DataFlags::default(),
+                    epoch: 0,
+                    digest: None,
+                    data: data.clone(),
+                },
+            ));
         }
         let end = timeout(Duration::from_secs(60), done.recv())
             .await
@@ -704,5 +945,155 @@ mod tests {
         assert!(end.timed_out, "{end:?}");
         assert!(end.reason.contains("sock_sendmsg time expired"), "{end:?}");
         writer.abort();
+    }
+
+    fn frame(volume: u16, packet: Packet) -> Frame {
+        Frame { volume, packet }
+    }
+
+    fn state() -> Packet {
+        Packet::State(PeerState {
+            role: Role::Secondary,
+            disk: DiskState::UpToDate,
+        })
+    }
+
+    #[test]
+    fn frames_go_to_the_volume_they_name() {
+        let known = |v: u16| v == 0 || v == 1;
+        assert_eq!(route(&frame(1, state()), known), Route::Volume(1));
+        assert_eq!(route(&frame(0, state()), known), Route::Volume(0));
+        assert_eq!(
+            route(&frame(0, Packet::Disconnect), known),
+            Route::All,
+            "P_DISCONNECT ends the connection of every volume"
+        );
+    }
+
+    #[test]
+    fn configuration_for_a_volume_missing_here_is_ignored_with_drbds_warning() {
+        let known = |v: u16| v == 0;
+        for p in [
+            state(),
+            Packet::Sizes {
+                backing: 1 << 20,
+                requested: 0,
+                current: 1 << 20,
+            },
+        ] {
+            let name = p.name();
+            assert_eq!(
+                route(&frame(1, p), known),
+                Route::Ignore(format!(
+                    "{name} packet received for volume 1, which is not configured locally"
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn data_for_an_unknown_volume_is_a_protocol_error() {
+        let known = |v: u16| v == 0;
+        let ack = Packet::Ack {
+            kind: AckKind::Write,
+            id: 7,
+            sector: Sector(0),
+            len: 4096,
+        };
+        match route(&frame(9, ack), known) {
+            Route::Error(m) => assert_eq!(
+                m,
+                "P_WRITE_ACK packet received for volume 9, which is not configured locally"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            route(&frame(0, Packet::PingAck), known),
+            Route::Error(_)
+        ));
+    }
+
+    #[test]
+    fn each_volume_sends_on_its_own_number_and_connection_packets_on_zero() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let v = VolumeTx { volume: 3, tx };
+        assert!(v.send(state()));
+        assert!(v.send(Packet::Disconnect));
+        assert_eq!(rx.try_recv().unwrap(), frame(3, state()));
+        assert_eq!(rx.try_recv().unwrap(), frame(0, Packet::Disconnect));
+    }
+
+    fn hub() -> Arc<Hub> {
+        let spec = LinkSpec {
+            config: LinkConfig {
+                resource: "r0".into(),
+                my_node: "alpha".into(),
+                peer_node: "beta".into(),
+                protocol: repl_core::wire::Protocol::C,
+                two_primaries: false,
+                integrity: None,
+                discard_my_data: false,
+                secret: None,
+            },
+            local: "127.0.0.1:1".parse().unwrap(),
+            peer: "127.0.0.2:1".parse().unwrap(),
+            connect_int: Duration::from_secs(1),
+            ping_int: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(6),
+            ko_count: 7,
+        };
+        Hub::new(spec, 2)
+    }
+
+    #[tokio::test]
+    async fn the_hub_routes_a_connection_to_the_volumes_that_joined() {
+        let h = hub();
+        let (e0, mut r0) = mpsc::unbounded_channel();
+        let (e1, mut r1) = mpsc::unbounded_channel();
+        h.join(0, e0, false);
+        assert!(!h.running(), "the link waits for every volume of up");
+        h.join(1, e1, false);
+        assert!(h.running());
+        let (tx, _wire) = mpsc::unbounded_channel();
+        let peer = PeerInfo {
+            version: 101,
+            node: "beta".into(),
+            protocol: repl_core::wire::Protocol::C,
+            two_primaries: false,
+            integrity: None,
+            peer_discard_my_data: false,
+            resolve_conflicts: false,
+        };
+        h.connected(7, &peer, &tx, false);
+        assert!(matches!(r0.try_recv(), Ok(LinkEvent::Up { conn: 7, .. })));
+        assert!(matches!(r1.try_recv(), Ok(LinkEvent::Up { conn: 7, .. })));
+        h.dispatch(7, frame(1, state())).unwrap();
+        assert!(matches!(
+            r1.try_recv(),
+            Ok(LinkEvent::Packet { conn: 7, .. })
+        ));
+        assert!(r0.try_recv().is_err(), "volume 0 got nothing");
+        // A volume that leaves makes its frames unknown: data for it ends the connection.
+        h.leave(1);
+        let write_ack = Packet::Ack {
+            kind: AckKind::Write,
+            id: 1,
+            sector: Sector(0),
+            len: 512,
+        };
+        assert!(h.dispatch(7, frame(1, write_ack)).is_err());
+        h.dispatch(7, frame(1, state())).unwrap();
+        h.disconnected(7, "test", true, false);
+        assert!(matches!(
+            r0.try_recv(),
+            Ok(LinkEvent::Down {
+                conn: 7,
+                reconnect: true,
+                ..
+            })
+        ));
+        h.leave(0);
+        assert!(!h.running(), "the link stops with its last volume");
     }
 }

@@ -1,5 +1,6 @@
-//! One task per resource: it owns the resource's engine and `select!`s over control commands,
-//! NBD requests and disk completions, draining the engine's outputs after every input.
+//! One task per volume of a resource: it owns the volume's engine and `select!`s over control
+//! commands, NBD requests, disk completions and its share of the resource's peer link
+//! ([`crate::link::Hub`]), draining the engine's outputs after every input.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +24,7 @@ use repl_core::types::Sector;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
-use crate::link::{LinkControl, LinkEvent, LinkSpec};
+use crate::link::{Hub, LinkControl, LinkEvent, VolumeTx};
 use crate::status_file::StatusBoard;
 
 /// How often the status file's counters are refreshed while requests complete.
@@ -32,10 +33,11 @@ const COUNTERS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Exit code for refusals that are not state-change errors (`drbdsetup`'s default).
 const EXIT_REFUSED: i32 = 11;
 
-/// What the export and the control server know of a resource without asking its task.
+/// What the export and the control server know of a volume without asking its task.
 #[derive(Debug)]
 pub struct Shared {
     pub name: String,
+    pub volume: u32,
     pub minor: u32,
     /// Usable bytes of the attached disk.
     size: AtomicU64,
@@ -53,9 +55,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(name: &str, minor: u32, size: u64) -> Shared {
+    pub fn new(name: &str, volume: u32, minor: u32, size: u64) -> Shared {
         Shared {
             name: name.into(),
+            volume,
             minor,
             size: AtomicU64::new(size),
             primary: AtomicBool::new(false),
@@ -176,13 +179,20 @@ pub enum Control {
         attachment: Box<Attachment>,
         reply: oneshot::Sender<Result<(), ControlError>>,
     },
+    /// `attach` of a volume whose engine runs without its disk (detached after an I/O
+    /// error): the reopened devices and metadata go to the running engine
+    /// ([`Engine::reattach`]); `reply` is answered once the attach's metadata is durable.
+    Reattach {
+        backing: Box<crate::disk::Backing>,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
 }
 
-/// An engine attached to freshly opened metadata, for a Diskless resource task.
+/// An engine attached to freshly opened metadata (or a diskless one, without devices).
 pub struct Attachment {
     pub engine: Engine,
-    pub data: Arc<FileDevice>,
-    pub meta: Arc<FileDevice>,
+    pub data: Option<Arc<FileDevice>>,
+    pub meta: Option<Arc<FileDevice>>,
     /// Usable bytes.
     pub size: u64,
     /// See [`Shared::set_degraded`].
@@ -206,7 +216,7 @@ pub struct Io {
     pub reply: oneshot::Sender<io::Result<Option<Bytes>>>,
 }
 
-/// How to reach a running resource task.
+/// How to reach a running volume task.
 #[derive(Debug, Clone)]
 pub struct Handle {
     pub shared: Arc<Shared>,
@@ -214,7 +224,7 @@ pub struct Handle {
     pub io: mpsc::Sender<Io>,
 }
 
-/// Resources by name: being brought up, or up.
+/// Resources by name: being brought up, or up with their volumes' tasks.
 #[derive(Debug, Default)]
 pub struct Registry {
     map: Mutex<HashMap<String, Slot>>,
@@ -223,7 +233,8 @@ pub struct Registry {
 #[derive(Debug)]
 enum Slot {
     Starting,
-    Up(Handle),
+    /// Volume tasks in volume order.
+    Up(Vec<Handle>),
 }
 
 impl Registry {
@@ -243,29 +254,50 @@ impl Registry {
         true
     }
 
+    /// Adds a volume's task to a resource.
     pub fn install(&self, name: &str, h: Handle) {
-        self.lock().insert(name.into(), Slot::Up(h));
+        let mut m = self.lock();
+        let slot = m.entry(name.into()).or_insert(Slot::Starting);
+        match slot {
+            Slot::Starting => *slot = Slot::Up(vec![h]),
+            Slot::Up(v) => {
+                v.retain(|x| x.shared.volume != h.shared.volume);
+                v.push(h);
+                v.sort_by_key(|x| x.shared.volume);
+            }
+        }
     }
 
     pub fn release(&self, name: &str) {
         self.lock().remove(name);
     }
 
-    /// The handle of a resource that is up (`Err(())` while it is being brought up).
-    pub fn get(&self, name: &str) -> Option<Result<Handle, ()>> {
+    /// A volume's task ended; the resource is gone with its last volume.
+    pub fn release_volume(&self, name: &str, volume: u32) {
+        let mut m = self.lock();
+        if let Some(Slot::Up(v)) = m.get_mut(name) {
+            v.retain(|x| x.shared.volume != volume);
+            if v.is_empty() {
+                m.remove(name);
+            }
+        }
+    }
+
+    /// The volume tasks of a resource that is up (`Err(())` while it is being brought up).
+    pub fn get(&self, name: &str) -> Option<Result<Vec<Handle>, ()>> {
         self.lock().get(name).map(|s| match s {
             Slot::Starting => Err(()),
-            Slot::Up(h) => Ok(h.clone()),
+            Slot::Up(v) => Ok(v.clone()),
         })
     }
 
-    /// Every resource that is up.
+    /// Every volume of every resource that is up.
     pub fn handles(&self) -> Vec<Handle> {
         self.lock()
             .values()
-            .filter_map(|s| match s {
-                Slot::Up(h) => Some(h.clone()),
-                Slot::Starting => None,
+            .flat_map(|s| match s {
+                Slot::Up(v) => v.clone(),
+                Slot::Starting => Vec::new(),
             })
             .collect()
     }
@@ -274,8 +306,9 @@ impl Registry {
 /// The task's state.
 pub struct Task {
     engine: Engine,
-    data: Arc<FileDevice>,
-    meta: Arc<FileDevice>,
+    /// The backing and metadata devices; `None` for a volume without a disk (`disk none`).
+    data: Option<Arc<FileDevice>>,
+    meta: Option<Arc<FileDevice>>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
@@ -300,7 +333,7 @@ pub struct Task {
     status_dirty: bool,
     /// Requests completed since the status file was written (its counters are stale).
     counters_dirty: bool,
-    /// The peer link, for a resource with a peer.
+    /// This volume's share of the resource's peer link, for a resource with a peer.
     link: Option<PeerLink>,
     /// The engine's time origin.
     origin: tokio::time::Instant,
@@ -324,17 +357,15 @@ pub struct Task {
     reattached: bool,
 }
 
-/// The resource's side of its peer link.
+/// A volume's side of its resource's peer link.
 struct PeerLink {
-    /// The link's configuration, for every (re)start of the link task.
-    saved: LinkSpec,
-    /// Present until the link task is started.
-    spec: Option<LinkSpec>,
+    hub: Arc<Hub>,
     events: mpsc::UnboundedSender<LinkEvent>,
-    ctl: Option<mpsc::UnboundedSender<LinkControl>>,
+    /// The volume has joined the hub (from the first connect until detach or down).
+    joined: bool,
     /// The connection the engine is attached to, and where its packets go.
     conn: u64,
-    tx: Option<mpsc::UnboundedSender<repl_core::wire::Packet>>,
+    tx: Option<VolumeTx>,
 }
 
 /// Starts the task of an attached engine and returns its handle; `attached` is answered when
@@ -343,12 +374,12 @@ struct PeerLink {
 pub fn spawn(
     engine: Engine,
     attached: oneshot::Sender<Result<(), ControlError>>,
-    data: Arc<FileDevice>,
-    meta: Arc<FileDevice>,
+    data: Option<Arc<FileDevice>>,
+    meta: Option<Arc<FileDevice>>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     board: Arc<StatusBoard>,
-    link: Option<LinkSpec>,
+    link: Option<Arc<Hub>>,
     handlers: crate::handlers::Handlers,
     context: Context,
 ) -> Handle {
@@ -357,11 +388,10 @@ pub fn spawn(
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let (handler_tx, handler_rx) = mpsc::unbounded_channel();
-    let link = link.map(|spec| PeerLink {
-        saved: spec.clone(),
-        spec: Some(spec),
+    let link = link.map(|hub| PeerLink {
+        hub,
         events: link_tx,
-        ctl: None,
+        joined: false,
         conn: 0,
         tx: None,
     });
@@ -427,9 +457,7 @@ impl Task {
                 break;
             }
         }
-        if let Some(ctl) = self.link.as_ref().and_then(|l| l.ctl.as_ref()) {
-            let _ = ctl.send(LinkControl::Stop);
-        }
+        self.leave_link();
         // Requests that raced with the end get an error instead of silence.
         let io = &mut inputs.io;
         io.close();
@@ -440,6 +468,15 @@ impl Task {
 
     /// Drives the attached engine until it is down (or detached).
     async fn serve(&mut self, inputs: &mut Inputs) {
+        if self.engine.state().disk <= DiskState::Diskless {
+            // A volume without a disk has no metadata to make durable: it is up now.
+            if let Some(up) = self.attached.take() {
+                let _ = up.send(Ok(()));
+                if self.autoconnect {
+                    self.start_link();
+                }
+            }
+        }
         self.drain();
         let mut tick = tokio::time::interval(COUNTERS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -492,6 +529,13 @@ impl Task {
                     Control::Attach { attachment, reply } => {
                         self.install(*attachment, reply);
                         return true;
+                    }
+                    Control::Reattach { reply, .. } => {
+                        // Raced with a detach: the daemon attaches a new engine instead.
+                        let _ = reply.send(Err(ControlError::new(
+                            11,
+                            format!("{}: the disk was detached meanwhile; run drbdadm attach again", self.shared.minor),
+                        )));
                     }
                     Control::Command { cmd: Command::Down, reply, .. } => {
                         info!("{}: down", self.prefix());
@@ -620,7 +664,6 @@ impl Task {
         self.counters_dirty = false;
         self.origin = tokio::time::Instant::now();
         if let Some(link) = self.link.as_mut() {
-            link.spec = Some(link.saved.clone());
             link.conn = 0;
             link.tx = None;
         }
@@ -629,8 +672,10 @@ impl Task {
 
     /// The resource is gone (`down` of a Diskless resource).
     fn gone(&mut self) {
-        self.registry.release(&self.shared.name);
-        self.board.remove(&self.shared.name);
+        self.registry
+            .release_volume(&self.shared.name, self.shared.volume);
+        self.board
+            .remove_minor(&self.shared.name, self.shared.minor);
         self.shared.publish_state(None);
         info!(
             "d-con {}: Terminating drbd_w_{}",
@@ -702,17 +747,11 @@ impl Task {
         self.shared.primary.store(false, SeqCst);
         self.shared.detached.store(true, SeqCst);
         let mut conn = ConnState::StandAlone;
-        if let Some(link) = self.link.as_mut() {
-            if let Some(ctl) = link.ctl.take() {
-                let _ = ctl.send(LinkControl::Stop);
-            }
-            link.tx = None;
-            link.spec = Some(link.saved.clone());
-            if before != ConnState::StandAlone {
-                // DRBD keeps the connection of a detached device; tandemd's link needs the
-                // engine, so it waits for the next attach.
-                conn = ConnState::WFConnection;
-            }
+        self.leave_link();
+        if self.link.is_some() && before != ConnState::StandAlone {
+            // DRBD keeps the connection of a detached device; tandemd's link needs the
+            // engine, so it waits for the next attach.
+            conn = ConnState::WFConnection;
         }
         self.autoconnect = conn != ConnState::StandAlone;
         self.detached = Some(NodeState {
@@ -737,9 +776,9 @@ impl Task {
         self.origin + std::time::Duration::from_nanos(t.as_nanos())
     }
 
-    /// Connects the engine and starts the link task (after the attach is durable).
+    /// Connects the engine and joins the link (after the attach is durable).
     fn start_link(&mut self) {
-        if self.link.as_ref().and_then(|l| l.spec.as_ref()).is_none() {
+        if self.link.as_ref().is_none_or(|l| l.joined) {
             return;
         }
         if let Err(e) = self.engine.command(Command::Connect, false) {
@@ -749,16 +788,18 @@ impl Task {
         self.spawn_link();
     }
 
-    /// Starts the link task if it is not running.
+    /// Joins the resource's link (which starts once every volume of `up` has joined).
     fn spawn_link(&mut self) {
         let prefix = self.prefix();
+        let volume = self.shared.volume;
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        let Some(mut spec) = link.spec.take() else {
+        if link.joined {
             return;
-        };
-        spec.config.discard_my_data = self.discard_my_data;
+        }
+        link.joined = true;
+        let spec = link.hub.spec();
         info!(
             "{prefix}: {} {} -> {} ({})",
             if spec.accepts() {
@@ -770,7 +811,25 @@ impl Task {
             spec.peer,
             spec.config.peer_node
         );
-        link.ctl = Some(crate::link::spawn(spec, link.events.clone()));
+        let Ok(vnr) = u16::try_from(volume) else {
+            warn!("{prefix}: volume {volume} cannot travel on the wire (at most 65535)");
+            return;
+        };
+        link.hub
+            .join(vnr, link.events.clone(), self.discard_my_data);
+    }
+
+    /// Leaves the resource's link (detach, down); the link stops with its last volume.
+    fn leave_link(&mut self) {
+        let volume = self.shared.volume;
+        if let Some(link) = self.link.as_mut() {
+            link.tx = None;
+            if std::mem::take(&mut link.joined) {
+                if let Ok(vnr) = u16::try_from(volume) {
+                    link.hub.leave(vnr);
+                }
+            }
+        }
     }
 
     fn link_event(&mut self, ev: LinkEvent) {
@@ -788,9 +847,7 @@ impl Task {
                 // The link task has used the flag up, whatever happens to this connection.
                 self.discard_my_data = false;
                 if !self.engine.wants_link() {
-                    if let Some(ctl) = &link.ctl {
-                        let _ = ctl.send(LinkControl::Close { reconnect: false });
-                    }
+                    link.hub.control(LinkControl::Close { reconnect: false });
                     return;
                 }
                 info!(
@@ -822,6 +879,7 @@ impl Task {
             LinkEvent::Down {
                 conn,
                 reason,
+                reconnect,
                 timed_out,
             } => {
                 if conn == link.conn && link.tx.take().is_some() {
@@ -830,6 +888,12 @@ impl Task {
                         self.engine.peer_timed_out();
                     } else {
                         self.engine.peer_lost();
+                    }
+                    if !reconnect && self.engine.state().conn > ConnState::StandAlone {
+                        // Another volume closed the connection for good (a split brain, a
+                        // `disconnect`): the resource is StandAlone.
+                        self.autoconnect = false;
+                        let _ = self.engine.command(Command::Disconnect, false);
                     }
                 }
             }
@@ -857,20 +921,10 @@ impl Task {
                 let _ = reply.send(r);
             }
             Control::Attach { reply, .. } => {
-                // Only a Diskless resource takes a new disk.
-                let r = if self.engine.state().disk > DiskState::Diskless {
-                    Err(self.refusal(StateChangeError::DiskConfigured.into()))
-                } else {
-                    Err(ControlError::new(
-                        10,
-                        format!(
-                            "{}: re-attaching after an I/O error is not supported yet; run drbdadm down {} and drbdadm up {}",
-                            self.shared.minor, self.shared.name, self.shared.name
-                        ),
-                    ))
-                };
-                let _ = reply.send(r);
+                // The engine runs: it takes the disk itself (`Reattach`).
+                let _ = reply.send(Err(self.refusal(StateChangeError::DiskConfigured.into())));
             }
+            Control::Reattach { backing, reply } => self.reattach(*backing, reply),
             Control::Command {
                 cmd,
                 shutdown,
@@ -912,14 +966,12 @@ impl Task {
         }
         if cmd == Command::Connect && r.is_ok() {
             self.autoconnect = true;
-            match self.link.as_ref().and_then(|l| l.ctl.as_ref()) {
-                Some(ctl) => {
-                    let _ = ctl.send(LinkControl::Connect {
-                        discard_my_data: self.discard_my_data,
-                    });
-                }
-                // Attached while StandAlone: the link task starts now.
-                None => self.spawn_link(),
+            match self.link.as_ref() {
+                Some(link) if link.joined => link.hub.control(LinkControl::Connect {
+                    discard_my_data: self.discard_my_data,
+                }),
+                // Attached while StandAlone: the volume joins the link now.
+                _ => self.spawn_link(),
             }
         }
         if cmd == Command::Disconnect && r.is_ok() {
@@ -955,6 +1007,52 @@ impl Task {
             );
         }
         r.map_err(|e| self.refusal(e))
+    }
+
+    /// `attach` of the running engine's lost disk: the engine replays the reopened metadata
+    /// and, while connected, negotiates the disk with the peer again.
+    fn reattach(
+        &mut self,
+        b: crate::disk::Backing,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    ) {
+        info!("{}: attaching the disk again", self.prefix());
+        let crate::disk::Backing {
+            data,
+            meta,
+            on_disk,
+            size: _,
+        } = b;
+        match self.engine.reattach(on_disk) {
+            Ok(()) => {
+                self.data = Some(data);
+                self.meta = Some(meta);
+                self.attached = Some(reply);
+                self.reattached = false;
+                self.status_dirty = true;
+            }
+            Err(e) => {
+                warn!("{}: attach: {e}", self.prefix());
+                let code = match &e {
+                    repl_core::engine::AttachError::State(s) => s.exit_code(),
+                    _ => 10,
+                };
+                let _ = reply.send(Err(ControlError::new(
+                    code,
+                    format!("{}: {e}", self.shared.minor),
+                )));
+            }
+        }
+    }
+
+    /// A `detach` of this volume while other volumes of the resource use the connection: its
+    /// engine's disconnect stays local (no `P_DISCONNECT`, no close).
+    fn leaving_alone(&self) -> bool {
+        self.detaching.is_some()
+            && self.link.as_ref().is_some_and(|l| {
+                u16::try_from(self.shared.volume)
+                    .is_ok_and(|v| l.joined && l.hub.shared_with_others(v))
+            })
     }
 
     /// DRBD's refusal of a `connect` on a resource that is not StandAlone.
@@ -993,7 +1091,12 @@ impl Task {
         while let Some(o) = self.engine.poll_output() {
             match o {
                 Output::Disk { op, kind } => {
-                    let (data, meta) = (self.data.clone(), self.meta.clone());
+                    let (Some(data), Some(meta)) = (self.data.clone(), self.meta.clone()) else {
+                        // No disk (`disk none`): the engine asks for none; fail what it does.
+                        let now = self.now();
+                        self.engine.disk_done(op, DiskResult::Failed, now);
+                        continue;
+                    };
                     let mut io =
                         Box::pin(async move { crate::disk::perform(&data, &meta, kind).await });
                     // Buffered writes and cached reads finish on their first poll (inline
@@ -1022,20 +1125,27 @@ impl Task {
                 }
                 Output::Event(ev) => self.event(ev),
                 Output::Send(p) => {
+                    if p == repl_core::wire::Packet::Disconnect && self.leaving_alone() {
+                        continue;
+                    }
                     if let Some(tx) = self.link.as_ref().and_then(|l| l.tx.as_ref()) {
-                        let _ = tx.send(p);
+                        tx.send(p);
                     }
                 }
                 Output::Disconnect { reconnect } => {
+                    let alone = self.leaving_alone();
                     if let Some(link) = self.link.as_mut() {
-                        link.tx = None;
-                        if let Some(ctl) = &link.ctl {
-                            let _ = ctl.send(LinkControl::Close { reconnect });
+                        // The connection is the resource's: every volume loses it, except
+                        // when one volume detaches (it leaves the hub once detached).
+                        if link.tx.take().is_some() && !alone {
+                            link.hub.control(LinkControl::Close { reconnect });
                         }
                     }
                 }
             }
         }
+        // A volume without a disk learns its size from the peer.
+        self.shared.size.store(self.engine.size(), SeqCst);
         if self.status_dirty && !self.finished {
             self.status_dirty = false;
             self.counters_dirty = false;
@@ -1094,8 +1204,11 @@ impl Task {
                 );
                 self.finished = true;
                 self.shared.primary.store(false, SeqCst);
-                self.registry.release(&self.shared.name);
-                self.board.remove(&self.shared.name);
+                self.registry
+                    .release_volume(&self.shared.name, self.shared.volume);
+                self.board
+                    .remove_minor(&self.shared.name, self.shared.minor);
+                self.leave_link();
                 info!(
                     "d-con {}: Terminating drbd_w_{}",
                     self.shared.name, self.shared.name
@@ -1224,7 +1337,7 @@ mod tests {
 
     #[test]
     fn openers_and_demotion_never_both_win() {
-        let s = Arc::new(Shared::new("r0", 0, 1 << 20));
+        let s = Arc::new(Shared::new("r0", 0, 0, 1 << 20));
         assert!(s.try_open().is_none(), "a Secondary refuses");
         assert_eq!(s.open_count(), 0, "a refused opener is not counted");
         s.primary.store(true, SeqCst);

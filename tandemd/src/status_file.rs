@@ -41,6 +41,13 @@ impl StatusBoard {
         self.edit(|m| m.retain(|(_, r), _| r != resource));
     }
 
+    /// Forgets one volume of a resource (its minor) and rewrites the file.
+    pub fn remove_minor(&self, resource: &str, minor: u32) {
+        self.edit(|m| {
+            m.remove(&(minor, resource.to_string()));
+        });
+    }
+
     /// Rewrites the file as it is (at startup: no resources).
     pub fn publish(&self) {
         self.edit(|_| {});

@@ -26,6 +26,11 @@ pub struct ClusterOpts {
     pub addresses: Option<[String; 2]>,
     /// Lines for a `handlers` section (none when empty).
     pub handlers: String,
+    /// Volumes of the resource (1: the plain `on` section with one device; more: `volume N`
+    /// sections with minors 0, 1, ...).
+    pub volumes: u32,
+    /// `(node, volume)` pairs that have `disk none`.
+    pub diskless: Vec<(usize, u32)>,
 }
 
 impl Default for ClusterOpts {
@@ -37,6 +42,8 @@ impl Default for ClusterOpts {
             protocol: 'C',
             addresses: None,
             handlers: String::new(),
+            volumes: 1,
+            diskless: Vec::new(),
         }
     }
 }
@@ -47,6 +54,9 @@ pub struct ClusterNode {
     pub res: PathBuf,
     pub run: PathBuf,
     pub disk: PathBuf,
+    /// The backing file of each volume (`disk` is volume 0's); `disk none` volumes have one
+    /// too, unused.
+    pub disks: Vec<PathBuf>,
     /// Command prefix to run this node's processes (e.g. `ip netns exec NS`), if any.
     pub wrapper: Vec<String>,
 }
@@ -56,6 +66,8 @@ pub struct ClusterNode {
 pub struct Cluster {
     pub nodes: [ClusterNode; 2],
     pub dir: tempfile::TempDir,
+    /// `(node, volume)` pairs without a disk.
+    pub diskless: Vec<(usize, u32)>,
 }
 
 /// A free TCP port on 127.0.0.2 (the listening node's address).
@@ -81,15 +93,26 @@ impl Cluster {
             let port = free_port();
             [format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")]
         });
-        let disks: Vec<PathBuf> = NODES
+        let volumes = opts.volumes.max(1);
+        let per_volume: Vec<Vec<PathBuf>> = NODES
             .iter()
-            .map(|n| dir.path().join(format!("{n}.img")))
+            .map(|n| {
+                (0..volumes)
+                    .map(|v| match v {
+                        0 => dir.path().join(format!("{n}.img")),
+                        v => dir.path().join(format!("{n}-{v}.img")),
+                    })
+                    .collect()
+            })
             .collect();
+        let disks: Vec<PathBuf> = per_volume.iter().map(|d| d[0].clone()).collect();
         let mut nodes = Vec::new();
         for (i, (name, wrapper)) in NODES.iter().zip(wrappers).enumerate() {
-            std::fs::File::create(&disks[i])
-                .and_then(|f| f.set_len(opts.sizes[i]))
-                .expect("backing file");
+            for d in &per_volume[i] {
+                std::fs::File::create(d)
+                    .and_then(|f| f.set_len(opts.sizes[i]))
+                    .expect("backing file");
+            }
             let mut text = format!(
                 "resource r0 {{\n  protocol {};\n  net {{\n    connect-int 1;\n    ping-int 1;\n    ping-timeout 5;\n{}\n  }}\n  disk {{\n    {}\n  }}\n",
                 opts.protocol, opts.net[i], opts.disk
@@ -98,11 +121,26 @@ impl Cluster {
                 text.push_str(&format!("  handlers {{\n    {}\n  }}\n", opts.handlers));
             }
             for (j, host) in NODES.iter().enumerate() {
-                text.push_str(&format!(
-                    "  on {host} {{\n    device /dev/drbd0;\n    disk {};\n    address {};\n    meta-disk internal;\n  }}\n",
-                    disks[j].display(),
-                    addresses[j]
-                ));
+                if volumes == 1 {
+                    text.push_str(&format!(
+                        "  on {host} {{\n    device /dev/drbd0;\n    disk {};\n    address {};\n    meta-disk internal;\n  }}\n",
+                        disks[j].display(),
+                        addresses[j]
+                    ));
+                    continue;
+                }
+                text.push_str(&format!("  on {host} {{\n"));
+                for (v, d) in per_volume[j].iter().enumerate() {
+                    let disk = if opts.diskless.contains(&(j, v as u32)) {
+                        "disk none; meta-disk internal;".to_string()
+                    } else {
+                        format!("disk {}; meta-disk internal;", d.display())
+                    };
+                    text.push_str(&format!(
+                        "    volume {v} {{ device /dev/drbd{v}; {disk} }}\n"
+                    ));
+                }
+                text.push_str(&format!("    address {};\n  }}\n", addresses[j]));
             }
             text.push_str("}\n");
             let res = dir.path().join(format!("{name}.res"));
@@ -112,6 +150,7 @@ impl Cluster {
                 res,
                 run: dir.path().join(format!("run-{name}")),
                 disk: disks[i].clone(),
+                disks: per_volume[i].clone(),
                 wrapper,
             });
         }
@@ -119,17 +158,29 @@ impl Cluster {
             Ok(n) => n,
             Err(_) => unreachable!("two nodes"),
         };
-        Cluster { nodes, dir }
+        Cluster {
+            nodes,
+            dir,
+            diskless: opts.diskless,
+        }
     }
 
     pub fn node(&self, i: usize) -> &ClusterNode {
         &self.nodes[i]
     }
 
-    /// `create-md` and `up` on both nodes.
+    /// `create-md` (of each volume with a disk) and `up` on both nodes.
     pub fn up(&self) {
-        for n in &self.nodes {
-            n.ok(&["create-md", "--force", "r0"]);
+        for (i, n) in self.nodes.iter().enumerate() {
+            if self.diskless.iter().all(|&(node, _)| node != i) {
+                n.ok(&["create-md", "--force", "r0"]);
+                continue;
+            }
+            for v in 0..n.disks.len() as u32 {
+                if !self.diskless.contains(&(i, v)) {
+                    n.ok(&["create-md", "--force", &format!("r0/{v}")]);
+                }
+            }
         }
         for n in &self.nodes {
             n.ok(&["up", "r0"]);
@@ -271,8 +322,13 @@ impl ClusterNode {
 
     /// NBD URI of this node's export.
     pub fn uri(&self) -> String {
+        self.uri_of("r0")
+    }
+
+    /// NBD URI of export `name` of this node (`r0/1` for volume 1).
+    pub fn uri_of(&self, name: &str) -> String {
         format!(
-            "nbd+unix:///r0?socket={}",
+            "nbd+unix:///{name}?socket={}",
             self.run.join("nbd.sock").display()
         )
     }

@@ -6,8 +6,9 @@
 //!
 //! `on-io-error detach` (the default, section 8 of the reference): the node whose disk fails
 //! goes Diskless; a Primary goes on serving reads and writes through its peer, and no write
-//! acknowledged to the NBD client is lost. Once the store works again, the node rejoins as a
-//! resync target and both disks end up equal. `call-local-io-error` detaches too and runs the
+//! acknowledged to the NBD client is lost. Once the store works again, `drbdadm attach` brings
+//! the disk back on the live connection: the node keeps its role, rejoins as a resync target,
+//! and both disks end up equal. `call-local-io-error` detaches too and runs the
 //! `local-io-error` handler; `pass_on` keeps the disk as Inconsistent.
 //!
 //! Needs root (mounts, FUSE, loop devices): skipped otherwise, a failure in CI.
@@ -128,24 +129,32 @@ enum Then {
     Rejoin,
 }
 
-/// Node `i`, whose disk failed and works again, rejoins the way tandem supports (`drbdadm
-/// attach` after an I/O error is refused for now: "not supported yet; run drbdadm down and
-/// up"), becomes the target of a resync from its peer, and both data areas are then equal
-/// (`disk` is node `i`'s backing store).
+/// Node `i`, whose disk failed and works again, is attached again with `drbdadm attach` while
+/// it runs diskless, connected and Primary: the disk goes Negotiating, the handshake on the
+/// live connection makes it the target of a resync from its peer, the node stays Primary
+/// throughout, and both data areas are then equal (`disk` is node `i`'s backing store).
 fn rejoin_and_converge(c: &Cluster, i: usize, disk: &Path) {
     let (n, peer) = (c.node(i), c.node(1 - i));
-    n.ok(&["down", "r0"]);
-    n.ok(&["up", "r0"]);
+    assert_eq!(n.query("dstate"), "Diskless");
+    let role = n.ok(&["role", "r0"]);
+    n.ok(&["attach", "r0"]);
     c.wait_states("Connected", ["UpToDate", "UpToDate"]);
-    assert!(
-        n.log().contains("Began resync as SyncTarget"),
-        "{}",
-        n.log()
-    );
+    let log = n.log();
+    assert!(log.contains("disk( Diskless -> Negotiating )"), "{log}");
+    assert!(log.contains("Began resync as SyncTarget"), "{log}");
+    assert_eq!(n.ok(&["role", "r0"]), role, "the role stays");
     assert!(
         cluster::files_equal(disk, &peer.disk, DATA),
         "the disks differ after the resync (first offset, 4 KiB blocks): {:?}",
         differences(disk, &peer.disk)
+    );
+    // A second attach is refused as DRBD refuses it.
+    let o = n.drbdadm(&["attach", "r0"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("(124)"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
     );
 }
 

@@ -96,6 +96,15 @@ pub enum AttachError {
     Bitmap(#[from] crate::bitmap::BitmapError),
     #[error("{0}")]
     State(#[from] StateChangeError),
+    /// `ERR_DATA_NOT_CURRENT`: a disconnected Primary serves the peer's data, which this disk
+    /// may not hold.
+    #[error("Failure: (150) Can only attach to the data we lost last (see kernel log).")]
+    DataNotCurrent,
+    /// `ERR_DISK_TOO_SMALL`.
+    #[error(
+        "Failure: (111) Low.dev. smaller than requested DRBD-dev. size ({disk} < {device} bytes)"
+    )]
+    TooSmall { disk: u64, device: u64 },
 }
 
 /// A command from the operator (`drbdadm`).
@@ -318,6 +327,12 @@ pub struct Engine {
     net_log: VecDeque<(Instant, ReqId)>,
     /// Numbers handler calls whose exit status the engine waits for.
     next_call: u64,
+    /// A disk attached while connected shows `Negotiating`: the disk state its metadata gives,
+    /// taken once the handshake with the peer decides (DRBD's `new_state_tmp.disk`).
+    negotiating: Option<DiskState>,
+    /// Requests submitted while the handshake places this node's disk (see
+    /// [`Engine::placing_disk`]), issued once it is placed.
+    held: VecDeque<ReqId>,
     #[cfg(feature = "sim-bugs")]
     bug: Option<Bug>,
 }
@@ -331,66 +346,17 @@ impl Engine {
     /// # Errors
     /// A ring or bitmap that cannot be used, or a refused attach.
     pub fn attach(cfg: EngineConfig, disk: OnDisk) -> Result<Engine, AttachError> {
-        let OnDisk {
+        let size = disk.layout.max_usable.bytes();
+        let Loaded {
             layout,
-            superblock,
-            al_ring,
+            sb,
             bitmap,
-        } = disk;
-        let size = layout.max_usable.bytes();
-        let bits = size.div_ceil(crate::bitmap::BLOCK_BYTES);
-        let bytes = bitmap;
-        let mut bitmap = Bitmap::from_bytes(bits, &bytes)?;
-        // 32 MiB for a 1 TiB volume: not kept beside the decoded copy.
-        drop(bytes);
-        let mut out = VecDeque::new();
-        let mut sb = superblock;
-        // MDF_CRASHED_PRIMARY keeps the fact across clean restarts until a resync or a
-        // promotion settles it.
-        let crashed_primary = (sb.state == MdState::Unclean && sb.must_apply_al())
-            || sb.flags.contains(MdFlags::CRASHED_PRIMARY);
-        if crashed_primary {
-            sb.flags = sb.flags.with(MdFlags::CRASHED_PRIMARY);
-        }
-        let mut meta_queue = VecDeque::new();
-        if sb.state == MdState::Unclean {
-            let replay = al::replay(&al_ring, layout.al)?;
-            if sb.must_apply_al() {
-                let before = bitmap.count();
-                for e in &replay.hot {
-                    bitmap.set_extent(*e);
-                }
-                let kib = (bitmap.count() - before) * 4;
-                out.push_back(Output::Event(Event::Log(format!(
-                    "Marked additional {kib} KB as out-of-sync based on AL."
-                ))));
-            }
-            for page in bitmap.take_dirty_pages() {
-                meta_queue.push_back(bitmap_page_step(&layout, &bitmap, page));
-            }
-            // Clean before the ring is rewritten: a crash that tears the rewrite then leaves
-            // a superblock that does not ask for a replay.
-            sb = sb.al_applied();
-            meta_queue.push_back(MetaStep {
-                offset: layout.md_offset,
-                data: Bytes::copy_from_slice(&sb.encode()),
-                after: After::Nothing,
-            });
-        }
-        // Every attach starts a fresh ring, as `drbdmeta apply-al` does before every kernel
-        // attach: transaction numbers restart at 0, so older ones must not survive to be
-        // replayed as newer after the next crash.
-        meta_queue.push_back(MetaStep {
-            offset: layout.al_start(),
-            data: Bytes::from(al::initialized_ring(layout.al)),
-            after: After::Nothing,
-        });
-        let al = ActivityLog::new(cfg.al_extents, layout.al)?;
-        let meta = AttachMeta {
-            consistent: sb.flags.contains(MdFlags::CONSISTENT),
-            was_up_to_date: sb.flags.contains(MdFlags::WAS_UP_TO_DATE),
-            peer_outdated: sb.flags.contains(MdFlags::PEER_OUT_DATED),
-        };
+            al,
+            meta_queue,
+            out,
+            crashed_primary,
+            meta,
+        } = Loaded::read(&cfg, disk, size)?;
         let down = NodeState {
             conn: ConnState::StandAlone,
             ..NodeState::DOWN
@@ -433,6 +399,8 @@ impl Engine {
             clock: Instant::default(),
             net_log: VecDeque::new(),
             next_call: 0,
+            negotiating: None,
+            held: VecDeque::new(),
             #[cfg(feature = "sim-bugs")]
             bug: None,
         };
@@ -440,6 +408,162 @@ impl Engine {
         engine.set_state(attached.state);
         engine.write_superblock(After::Superblock);
         Ok(engine)
+    }
+
+    /// `attach` of a Diskless node (after an I/O error detached its disk, or a `disk none`
+    /// node given one): replays the activity log of `disk` as [`Engine::attach`] does and
+    /// records the attach in the superblock; [`Event::MetadataWritten`] follows when it is
+    /// durable. While connected the disk shows `Negotiating` and the handshake with the peer
+    /// runs again on this connection (sizes, UUIDs, state), which brings the disk back as
+    /// DRBD does: no resync, or a resync from the peer of what changed meanwhile.
+    ///
+    /// # Errors
+    /// The node has a disk, is going down, in the middle of a handshake or still waiting for
+    /// operations on the lost disk; a Primary that is
+    /// not connected (its data is the peer's: DRBD attaches only current data then); a disk
+    /// smaller than the device; a ring or bitmap that cannot be used.
+    pub fn reattach(&mut self, disk: OnDisk) -> Result<(), AttachError> {
+        if self.state.disk > DiskState::Diskless {
+            return Err(StateChangeError::DiskConfigured.into());
+        }
+        if self.going_down || !self.ops.is_empty() {
+            // DRBD waits for the old disk's last references too (`local_cnt`): a late
+            // completion from the failed disk must not reach the new one.
+            return Err(StateChangeError::InTransientState.into());
+        }
+        let connected = self.state.conn == ConnState::Connected
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.phase == peer::Phase::Running);
+        if self.state.conn > ConnState::StandAlone
+            && self.state.conn != ConnState::WFConnection
+            && !connected
+        {
+            return Err(StateChangeError::InTransientState.into());
+        }
+        if self.state.role == Role::Primary && !connected {
+            return Err(AttachError::DataNotCurrent);
+        }
+        let usable = disk.layout.max_usable.bytes();
+        let size = if connected && self.size > 0 {
+            if usable < self.size {
+                return Err(AttachError::TooSmall {
+                    disk: usable,
+                    device: self.size,
+                });
+            }
+            self.size
+        } else {
+            usable
+        };
+        let loaded = Loaded::read(&self.cfg, disk, size)?;
+        let ctx = self.cfg.context;
+        let attached = self.state.attach(loaded.meta, &ctx)?;
+        self.layout = loaded.layout;
+        self.sb = loaded.sb.attached();
+        // What this node marked while it had no disk (the failed writes among it) stays out of
+        // sync on top of what the disk recorded.
+        let old = std::mem::replace(&mut self.bitmap, loaded.bitmap);
+        let n = old.word_count().min(self.bitmap.word_count());
+        let _ = self.bitmap.or_words(0, old.words(0..n));
+        let first = size.div_ceil(crate::bitmap::BLOCK_BYTES);
+        let _ = self.bitmap.clear_bits(first..self.bitmap.bits());
+        self.al = loaded.al;
+        // Requests still in flight took their activity-log references in the lost disk's log.
+        for p in self.requests.values_mut() {
+            p.al_held = false;
+        }
+        self.meta_queue = loaded.meta_queue;
+        self.meta_busy = false;
+        self.gating_superblocks = 0;
+        self.out.extend(loaded.out);
+        self.crashed_primary = loaded.crashed_primary;
+        self.size = size;
+        self.sb.la_size = Sector(size / Sector::SIZE);
+        self.down_reported = false;
+        self.set_state(attached.state);
+        self.write_superblock(After::Superblock);
+        if attached.state.disk == DiskState::Negotiating {
+            self.negotiating = Some(attached.disk_after_handshake);
+            // DRBD's last part of attaching while connected: the peer learns the disk.
+            self.send(crate::wire::Packet::Sizes {
+                backing: size,
+                requested: 0,
+                current: size,
+            });
+            self.send_uuids(crate::uuid::UuidFlags::default());
+            self.send_state();
+        }
+        Ok(())
+    }
+
+    /// A node without a disk (`disk none`, DRBD's Diskless): no metadata, no activity log, no
+    /// bitmap; the size comes from the peer's `P_SIZES`, and every request is served by the
+    /// peer once connected. Drain [`Engine::poll_output`] afterwards (nothing is written).
+    ///
+    /// # Errors
+    /// None in practice (the activity log of a diskless node holds nothing); kept for the
+    /// same shape as [`Engine::attach`].
+    pub fn diskless(cfg: EngineConfig) -> Result<Engine, AttachError> {
+        let al_geometry = crate::meta::AlGeometry::default();
+        let layout = Layout::internal(crate::meta::MIN_DEVICE_BYTES, al_geometry)
+            .map_err(|_| StateChangeError::NoDisk)?;
+        let mut sb = Superblock::fresh(&layout);
+        sb.uuids = GenerationUuids::default();
+        sb.flags = MdFlags(0);
+        let al = ActivityLog::new(cfg.al_extents.max(1), al_geometry)?;
+        let state = NodeState {
+            conn: ConnState::StandAlone,
+            ..NodeState::DOWN
+        };
+        Ok(Engine {
+            rng: Rng::new(cfg.seed),
+            cfg,
+            layout,
+            sb,
+            state,
+            al,
+            bitmap: Bitmap::new(Sector(0)),
+            size: 0,
+            next_req: 0,
+            next_op: 0,
+            requests: HashMap::new(),
+            ops: HashMap::new(),
+            waiting: VecDeque::new(),
+            staged: None,
+            meta_queue: VecDeque::new(),
+            meta_busy: false,
+            gating_superblocks: 0,
+            going_down: false,
+            counters: Counters::default(),
+            out: VecDeque::new(),
+            peer: None,
+            link_gen: 0,
+            peer_writes: HashMap::new(),
+            acks_after_bitmap: Vec::new(),
+            next_bitmap_mark: 0,
+            bitmap_marks_durable: 0,
+            announce_pending: false,
+            peer_wait: VecDeque::new(),
+            next_peer_write: 0,
+            crashed_primary: false,
+            state_req: None,
+            held_for_sync: Vec::new(),
+            down_reported: false,
+            clock: Instant::default(),
+            net_log: VecDeque::new(),
+            next_call: 0,
+            negotiating: None,
+            held: VecDeque::new(),
+            #[cfg(feature = "sim-bugs")]
+            bug: None,
+        })
+    }
+
+    /// Usable bytes: the disk's, or for a diskless node what the peer reported.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     /// Switches on a deliberate defect, so that the simulator can show it catches it.
@@ -503,9 +627,11 @@ impl Engine {
         if self.state.role != Role::Primary {
             return Err(SubmitError::NotPrimary);
         }
+        let placing = self.placing_disk();
         if self.state.disk < DiskState::UpToDate
             && !self.peer_has_good_data()
             && !self.writes_wait_for_sync_uuid()
+            && !placing
         {
             return Err(SubmitError::NoData(self.state.disk));
         }
@@ -528,7 +654,9 @@ impl Engine {
         self.next_req += 1;
         let writes = request.writes();
         self.requests.insert(req, Pending::new(request));
-        if writes {
+        if placing {
+            self.held.push_back(req);
+        } else if writes {
             self.waiting.push_back(req);
             self.admit_waiting();
         } else {
@@ -552,11 +680,52 @@ impl Engine {
         self.advance(now);
         self.resync_tick(now);
         self.request_timer(now);
+        self.release_held();
+    }
+
+    /// Whether the handshake is placing a disk attached on a live connection (`Negotiating`)
+    /// or this node is the target of a bitmap exchange: its bitmap does not yet say which of
+    /// its blocks are stale, and writes would not reach the peer, so requests wait.
+    fn placing_disk(&self) -> bool {
+        self.state.disk == DiskState::Negotiating
+            || matches!(
+                self.state.conn,
+                ConnState::WFBitMapT | ConnState::WFSyncUUID
+            )
+    }
+
+    /// Issues the requests held while the disk was being placed, or fails them when no data
+    /// is reachable any more.
+    fn release_held(&mut self) {
+        if self.held.is_empty() || self.placing_disk() {
+            return;
+        }
+        let no_data = self.state.disk < DiskState::UpToDate
+            && !self.peer_has_good_data()
+            && !self.writes_wait_for_sync_uuid();
+        for req in std::mem::take(&mut self.held) {
+            let Some(p) = self.requests.get(&req) else {
+                continue;
+            };
+            if no_data {
+                self.finish(req, Err(RequestError::Io));
+            } else if p.request.writes() {
+                self.waiting.push_back(req);
+            } else {
+                self.issue(req);
+            }
+        }
+        self.admit_waiting();
     }
 
     /// Reports a disk operation's result, at `now`.
     pub fn disk_done(&mut self, op: OpId, result: DiskResult, now: Instant) {
         self.advance(now);
+        self.disk_done_inner(op, result);
+        self.release_held();
+    }
+
+    fn disk_done_inner(&mut self, op: OpId, result: DiskResult) {
         match self.ops.remove(&op) {
             Some(OpFor::Request(req)) => self.request_done(req, result),
             Some(OpFor::Meta(after)) => self.meta_done(after, result),
@@ -577,6 +746,12 @@ impl Engine {
     /// # Errors
     /// DRBD's refusal, as `drbdsetup` words it.
     pub fn command(&mut self, cmd: Command, device_open: bool) -> Result<(), CommandError> {
+        let r = self.command_inner(cmd, device_open);
+        self.release_held();
+        r
+    }
+
+    fn command_inner(&mut self, cmd: Command, device_open: bool) -> Result<(), CommandError> {
         if self.going_down {
             return Err(CommandError::GoingDown);
         }
@@ -882,11 +1057,14 @@ impl Engine {
             return;
         };
         let early = early && p.request.writes() && local.is_ok();
+        // A copy the peer holds counts only when the peer's disk is a whole copy: on an
+        // Inconsistent one (a SyncTarget) the write would be lost to the next resync from here.
+        let peer_whole = self.state.pdsk == DiskState::UpToDate;
         if !p.completed && (p.net.satisfied() || early) {
             p.completed = true;
             // Success when either side has the data (`drbd_req_complete`).
             let result = match local {
-                Err(_) if p.net.peer_has_data() => Ok(None),
+                Err(_) if p.net.peer_has_data() && peer_whole => Ok(None),
                 r => r.clone(),
             };
             let wrote = p.request.writes() && p.net.is_mirrored();
@@ -1023,6 +1201,7 @@ impl Engine {
             After::Superblock => {
                 self.gating_superblocks = self.gating_superblocks.saturating_sub(1);
                 self.out.push_back(Output::Event(Event::MetadataWritten));
+                self.admit_peer_writes();
             }
             After::AnnounceDisk => {
                 self.gating_superblocks = self.gating_superblocks.saturating_sub(1);
@@ -1106,6 +1285,94 @@ impl Engine {
         });
         self.sb = clean;
         self.pump_meta();
+    }
+}
+
+/// A disk's metadata made ready for an engine: the AL replayed into the bitmap, the metadata
+/// writes that replay and a fresh ring need, and the facts the attach state rule reads.
+struct Loaded {
+    layout: Layout,
+    sb: Superblock,
+    bitmap: Bitmap,
+    al: ActivityLog,
+    meta_queue: VecDeque<MetaStep>,
+    out: VecDeque<Output>,
+    crashed_primary: bool,
+    meta: AttachMeta,
+}
+
+impl Loaded {
+    /// Reads `disk` for a device of `size` bytes.
+    fn read(cfg: &EngineConfig, disk: OnDisk, size: u64) -> Result<Loaded, AttachError> {
+        let OnDisk {
+            layout,
+            superblock,
+            al_ring,
+            bitmap,
+        } = disk;
+        let bits = size.div_ceil(crate::bitmap::BLOCK_BYTES);
+        let bytes = bitmap;
+        let mut bitmap = Bitmap::from_bytes(bits, &bytes)?;
+        // 32 MiB for a 1 TiB volume: not kept beside the decoded copy.
+        drop(bytes);
+        let mut out = VecDeque::new();
+        let mut sb = superblock;
+        // MDF_CRASHED_PRIMARY keeps the fact across clean restarts until a resync or a
+        // promotion settles it.
+        let crashed_primary = (sb.state == MdState::Unclean && sb.must_apply_al())
+            || sb.flags.contains(MdFlags::CRASHED_PRIMARY);
+        if crashed_primary {
+            sb.flags = sb.flags.with(MdFlags::CRASHED_PRIMARY);
+        }
+        let mut meta_queue = VecDeque::new();
+        if sb.state == MdState::Unclean {
+            let replay = al::replay(&al_ring, layout.al)?;
+            if sb.must_apply_al() {
+                let before = bitmap.count();
+                for e in &replay.hot {
+                    bitmap.set_extent(*e);
+                }
+                let kib = (bitmap.count() - before) * 4;
+                out.push_back(Output::Event(Event::Log(format!(
+                    "Marked additional {kib} KB as out-of-sync based on AL."
+                ))));
+            }
+            for page in bitmap.take_dirty_pages() {
+                meta_queue.push_back(bitmap_page_step(&layout, &bitmap, page));
+            }
+            // Clean before the ring is rewritten: a crash that tears the rewrite then leaves
+            // a superblock that does not ask for a replay.
+            sb = sb.al_applied();
+            meta_queue.push_back(MetaStep {
+                offset: layout.md_offset,
+                data: Bytes::copy_from_slice(&sb.encode()),
+                after: After::Nothing,
+            });
+        }
+        // Every attach starts a fresh ring, as `drbdmeta apply-al` does before every kernel
+        // attach: transaction numbers restart at 0, so older ones must not survive to be
+        // replayed as newer after the next crash.
+        meta_queue.push_back(MetaStep {
+            offset: layout.al_start(),
+            data: Bytes::from(al::initialized_ring(layout.al)),
+            after: After::Nothing,
+        });
+        let al = ActivityLog::new(cfg.al_extents, layout.al)?;
+        let meta = AttachMeta {
+            consistent: sb.flags.contains(MdFlags::CONSISTENT),
+            was_up_to_date: sb.flags.contains(MdFlags::WAS_UP_TO_DATE),
+            peer_outdated: sb.flags.contains(MdFlags::PEER_OUT_DATED),
+        };
+        Ok(Loaded {
+            layout,
+            sb,
+            bitmap,
+            al,
+            meta_queue,
+            out,
+            crashed_primary,
+            meta,
+        })
     }
 }
 

@@ -1562,3 +1562,166 @@ fn a_lost_connection_ends_a_pending_request() {
     p.settle();
     assert_eq!(p.n[0].done().len(), 1);
 }
+
+#[test]
+fn a_node_without_a_disk_connects_and_serves_through_its_peer() {
+    let mut p = Pair::synced(Protocol::C);
+    p.n[0].e.command(Command::Secondary, false).unwrap();
+    p.settle();
+    // Node 1 becomes a `disk none` node: a diskless engine in place of its disk.
+    let mut cfg = config(61);
+    cfg.seed = 9;
+    cfg.net = Some(net_config(Protocol::C));
+    let mut e = Engine::diskless(cfg).unwrap();
+    assert_eq!(e.state().disk, DiskState::Diskless);
+    e.command(Command::Connect, false).unwrap();
+    p.cut();
+    p.n[1].e = e;
+    p.n[1].events.clear();
+    p.connect();
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::Diskless));
+    assert_eq!(p.n[1].e.state().pdsk, DiskState::UpToDate);
+    assert_eq!(p.n[0].e.state().pdsk, DiskState::Diskless);
+    assert_eq!(p.n[1].e.size(), p.n[0].e.size(), "the size is the peer's");
+    assert!(!p.n[1].logged("Began resync"), "nothing to resync");
+    p.n[1]
+        .e
+        .command(Command::Primary { force: false }, false)
+        .unwrap();
+    p.settle();
+    let w = p.submit(1, write(8192, 0x7E, 4096));
+    assert_eq!(p.n[1].completions.last(), Some(&(w, Ok(None))));
+    assert_eq!(p.n[0].d.get(8192, 4096), &[0x7E; 4096][..]);
+    let r = p.submit(
+        1,
+        Request::Read {
+            offset: 8192,
+            len: 4096,
+        },
+    );
+    assert_eq!(
+        p.n[1].completions.last(),
+        Some(&(r, Ok(Some(Bytes::from(vec![0x7E; 4096])))))
+    );
+}
+
+/// Node `i`'s disk failed (writes fail until `fail_writes` is cleared); it is attached again
+/// while connected and must rejoin through the handshake and a resync from its peer.
+fn reattach_after_failure(i: usize) {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(0, 0x11, 4096));
+    p.n[i].fail_writes = true;
+    p.submit(0, write(4096, 0x22, 4096));
+    assert_eq!(p.n[i].e.state().disk, DiskState::Diskless);
+    // Writes while the disk is gone reach only the other node.
+    for k in 0..8u64 {
+        p.submit(0, write((k + 2) * 65536, 0x30 + k as u8, 8192));
+    }
+    p.n[i].fail_writes = false;
+    let disk = p.n[i].d.on_disk();
+    p.n[i].events.clear();
+    p.n[i].e.reattach(disk).unwrap();
+    assert_eq!(p.n[i].e.state().disk, DiskState::Negotiating);
+    // A write while the disk is being placed waits for the handshake, then reaches both.
+    let held = p.n[0].e.submit(write(5 << 20, 0x99, 4096), p.now).unwrap();
+    assert!(!p.n[0].completed(held));
+    p.settle();
+    assert_eq!(
+        p.n[0].completions.iter().find(|(r, _)| *r == held),
+        Some(&(held, Ok(None)))
+    );
+    for n in &p.n {
+        assert_eq!(n.d.get(5 << 20, 4096), &[0x99; 4096][..]);
+    }
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    assert!(
+        p.n[i].logged("Began resync as SyncTarget"),
+        "{:?}",
+        p.n[i].logs()
+    );
+    assert!(p.n[i].events.contains(&Event::MetadataWritten));
+    assert_eq!(p.n[0].e.state().role, Role::Primary, "the role stays");
+    p.assert_identical();
+    // Writes and reads go on with both disks.
+    p.submit(0, write(1 << 20, 0x44, 4096));
+    assert_eq!(p.n[1].d.get(1 << 20, 4096), &[0x44; 4096][..]);
+    let r = p.submit(
+        0,
+        Request::Read {
+            offset: 2 * 65536,
+            len: 8192,
+        },
+    );
+    assert_eq!(
+        p.n[0].completions.last(),
+        Some(&(r, Ok(Some(Bytes::from(vec![0x30; 8192])))))
+    );
+    p.assert_identical();
+}
+
+#[test]
+fn a_secondary_reattached_after_a_disk_error_resyncs_from_its_peer() {
+    reattach_after_failure(1);
+}
+
+#[test]
+fn a_primary_reattached_after_a_disk_error_becomes_sync_target_and_stays_primary() {
+    reattach_after_failure(0);
+}
+
+#[test]
+fn a_disconnected_primary_does_not_attach_data_it_may_not_hold() {
+    let mut p = Pair::synced(Protocol::C);
+    p.n[0].fail_writes = true;
+    p.submit(0, write(0, 0x11, 4096));
+    assert_eq!(p.n[0].e.state().disk, DiskState::Diskless);
+    p.cut();
+    p.n[0].fail_writes = false;
+    let disk = p.n[0].d.on_disk();
+    assert_eq!(
+        p.n[0].e.reattach(disk.clone()),
+        Err(AttachError::DataNotCurrent)
+    );
+    // A Secondary may: its disk waits for the next handshake.
+    p.n[0].e.command(Command::Secondary, false).unwrap();
+    p.settle();
+    p.n[0].e.reattach(disk).unwrap();
+    p.settle();
+    assert!(p.n[0].e.state().disk > DiskState::Negotiating);
+    p.connect();
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}
+
+#[test]
+fn a_sync_target_losing_its_disk_aborts_the_resync_and_catches_up_once_attached_again() {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(65536, 0x5A, 4096));
+    for n in &mut p.n {
+        if let Some(net) = n.e.cfg.net.as_mut() {
+            net.resync_rate_kib = 64;
+        }
+    }
+    p.n[1].e.command(Command::Invalidate, false).unwrap();
+    while p.step() {}
+    assert_eq!(p.conns(), (ConnState::SyncSource, ConnState::SyncTarget));
+    // The target's disk starts failing: the first resync write detaches it.
+    p.n[1].fail_writes = true;
+    p.settle();
+    assert_eq!(p.n[1].e.state().disk, DiskState::Diskless);
+    assert!(p.n[1].logged("Resync aborted"), "{:?}", p.n[1].logs());
+    assert!(p.n[0].logged("Resync aborted"), "{:?}", p.n[0].logs());
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.n[0].e.state().pdsk, DiskState::Diskless);
+    // Writes meanwhile, then the disk is attached again and the resync runs to the end.
+    p.submit(0, write(3 << 20, 0x77, 8192));
+    p.n[1].fail_writes = false;
+    let disk = p.n[1].d.on_disk();
+    p.n[1].e.reattach(disk).unwrap();
+    p.settle();
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}

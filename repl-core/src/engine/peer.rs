@@ -193,6 +193,10 @@ pub(super) struct Peer {
     /// `P_STATE_CHG_REQ`s sent and `P_STATE_CHG_REPLY`s received on this link.
     pub state_reqs_sent: u64,
     pub state_replies: u64,
+    /// Resync request ids below this belong to a resync aborted on this connection (this
+    /// node lost its disk): their late replies are dropped, and a later resync numbers its
+    /// requests from here.
+    pub rs_stale_below: u64,
 }
 
 /// An epoch of writes received from the Primary.
@@ -222,6 +226,9 @@ pub(super) struct PeerWrite {
     /// This disk holds the only copy: the write waits until the bitmap recording it is
     /// durable (this mark), so that no crash leaves its blocks changed and unmarked.
     pub bits_first: Option<u64>,
+    /// The sender had no disk of its own to hold it (Diskless, or one being attached): this
+    /// node records it as out of sync for the peer.
+    pub sender_lacks: bool,
 }
 
 /// How many 64-bit words one `P_BITMAP` carries.
@@ -251,7 +258,9 @@ impl Engine {
         if self.crashed_primary {
             flags |= UuidFlags::CRASHED_PRIMARY.0;
         }
-        if self.state.disk == DiskState::Inconsistent {
+        if self.state.disk == DiskState::Inconsistent
+            || self.negotiating == Some(DiskState::Inconsistent)
+        {
             flags |= UuidFlags::INCONSISTENT.0;
         }
         if self.peer.as_ref().is_some_and(|p| p.params.discard_my_data) {
@@ -347,6 +356,7 @@ impl Engine {
             state_reqs_sent: 0,
             state_replies: 0,
             target_finishing: false,
+            rs_stale_below: 0,
         });
         self.force_state(|s| s.conn = ConnState::WFReportParams);
         let backing = if self.state.disk > DiskState::Diskless {
@@ -393,6 +403,7 @@ impl Engine {
             self.force_state(|s| s.conn = ConnState::Unconnected);
             self.force_state(|s| s.conn = ConnState::WFConnection);
         }
+        self.release_held();
     }
 
     /// Ends a connection because of a protocol violation; the link reconnects.
@@ -422,6 +433,12 @@ impl Engine {
         };
         self.net_log.clear();
         let old = self.state;
+        if self.state.disk == DiskState::Negotiating {
+            // The connection broke before the handshake placed the new disk: its data may lack
+            // what the peer wrote meanwhile, so it waits to be a resync target.
+            self.negotiating = None;
+            self.force_state(|s| s.disk = DiskState::Inconsistent);
+        }
         let mut lost: Vec<ReqId> = Vec::new();
         for (req, p) in &mut self.requests {
             if p.remote_read && p.local.is_none() {
@@ -456,6 +473,11 @@ impl Engine {
     /// A packet from the peer.
     pub fn receive(&mut self, packet: Packet, now: crate::time::Instant) {
         self.advance(now);
+        self.receive_inner(packet, now);
+        self.release_held();
+    }
+
+    fn receive_inner(&mut self, packet: Packet, now: crate::time::Instant) {
         if self.peer.is_none() {
             return;
         }
@@ -530,6 +552,14 @@ impl Engine {
             return;
         };
         peer.sizes = Some(backing);
+        if self.state.disk <= DiskState::Diskless {
+            // No disk: the device is as large as the peer's (`drbd_set_my_capacity`).
+            if backing > 0 && backing != self.size {
+                self.size = backing - backing % Sector::SIZE;
+                self.log(format!("size = {} KB (the peer's disk)", self.size / 1024));
+            }
+            return;
+        }
         if backing == 0 || backing >= self.size {
             return;
         }
@@ -562,13 +592,15 @@ impl Engine {
         let received = PeerUuids { uuids, bits, flags };
         let phase = peer.phase;
         peer.uuids = Some(received);
+        let no_disk = self.state.disk <= DiskState::Failed;
         if phase == Phase::Running
-            && self.state.disk <= DiskState::Failed
-            && self.state.role == Role::Primary
+            && no_disk
+            && (self.state.role == Role::Primary || self.state.conn >= ConnState::Connected)
         {
-            // A diskless Primary exposes the peer's data: it follows its generation
-            // (`drbd_set_ed_uuid`), which the next connection must match.
-            self.sb.uuids.current = Uuid(uuids.current.masked() | 1);
+            // A diskless node exposes the peer's data: it follows its generation
+            // (`drbd_set_ed_uuid`), which the next connection must match once Primary.
+            let primary = u64::from(self.state.role == Role::Primary);
+            self.sb.uuids.current = Uuid(uuids.current.masked() | primary);
         }
         peer.target_finishing = false;
         if phase == Phase::Running && self.state.conn == ConnState::Connected {
@@ -617,10 +649,15 @@ impl Engine {
         let syncing = self.state.conn > ConnState::Connected;
         let old = self.state;
         // A peer disk that fails ends a resync (`sanitize_state`: "Abort resync if a disk
-        // fails/detaches"); otherwise a resync keeps the peer's disk state it implies.
+        // fails/detaches"), finished when this target already holds every block; otherwise a
+        // resync keeps the peer's disk state it implies.
         let peer_disk_gone = s.disk <= DiskState::Failed;
         if syncing && peer_disk_gone {
-            self.abort_resync();
+            if self.state.conn == ConnState::SyncTarget && self.bitmap.count() == 0 {
+                self.finish_resync(true);
+            } else {
+                self.abort_resync();
+            }
         }
         self.force_state(|ns| {
             ns.peer = s.role;
@@ -656,10 +693,23 @@ impl Engine {
         {
             let (me, them) = (self.state.disk, s.disk);
             let inconsistent = DiskState::Inconsistent;
+            let negotiating = DiskState::Negotiating;
             if (me == inconsistent && them == DiskState::UpToDate)
                 || (me == DiskState::UpToDate && them == inconsistent)
+                || me == negotiating
+                || them == negotiating
             {
+                // One side newly attached a disk (`receive_state`'s "consider resync").
                 self.sync_handshake();
+                let settled = self.state.conn == ConnState::Connected
+                    && self
+                        .peer
+                        .as_ref()
+                        .is_some_and(|p| p.phase == Phase::Running);
+                if them == negotiating && settled {
+                    // No resync: the attaching side decides on our state too.
+                    self.send_state();
+                }
             }
         }
         self.recheck_state_request();
@@ -724,6 +774,13 @@ impl Engine {
             if self.refuse_two_primaries(their_state.role) {
                 return;
             }
+            // A disk attached on this connection takes the state its metadata gives.
+            let placed = self.negotiating.take();
+            if self.state.disk <= DiskState::Failed {
+                // The data this node exposes is the peer's (`drbd_set_ed_uuid`).
+                let primary = u64::from(self.state.role == Role::Primary);
+                self.sb.uuids.current = Uuid(theirs.uuids.current.masked() | primary);
+            }
             if let Some(p) = self.peer.as_mut() {
                 p.phase = Phase::Running;
             }
@@ -731,6 +788,9 @@ impl Engine {
                 s.conn = ConnState::Connected;
                 s.peer = their_state.role;
                 s.pdsk = their_state.disk;
+                if let Some(disk) = placed {
+                    s.disk = disk;
+                }
             });
             self.write_superblock(After::Nothing);
             return;
@@ -777,9 +837,18 @@ impl Engine {
             return;
         }
         let mut result = verdict.result;
-        let my_disk = self.state.disk;
+        // A disk attached on this connection decides with the state its metadata gives; the
+        // peer's likewise (`real_peer_disk`).
+        let negotiating = self.negotiating.take();
+        let my_disk = match (self.state.disk, negotiating) {
+            (DiskState::Negotiating, Some(d)) => d,
+            (DiskState::Negotiating, None) => DiskState::Inconsistent,
+            (d, _) => d,
+        };
         let peer_disk = if theirs.flags.contains(UuidFlags::INCONSISTENT) {
             DiskState::Inconsistent
+        } else if their_state.disk == DiskState::Negotiating {
+            DiskState::Consistent
         } else {
             their_state.disk
         };
@@ -845,7 +914,10 @@ impl Engine {
             self.abort_connection("I shall become SyncSource, but I am inconsistent!");
             return;
         }
-        if result < 0 && self.state.role == Role::Primary && my_disk >= DiskState::Outdated {
+        // By intention the state's disk, not `my_disk`: a Primary that attaches a disk while
+        // connected may become the SyncTarget of its peer.
+        if result < 0 && self.state.role == Role::Primary && self.state.disk >= DiskState::Outdated
+        {
             self.abort_connection("I shall become SyncTarget, but I am primary!");
             return;
         }
@@ -857,6 +929,9 @@ impl Engine {
                 "Writing the whole bitmap, full sync required after drbd_sync_handshake.".into(),
             );
             self.set_all_bits_within_size();
+        }
+        if self.state.disk == DiskState::Negotiating && result >= 0 {
+            self.force_state(|s| s.disk = my_disk);
         }
         match result {
             0 => {
@@ -1174,7 +1249,25 @@ impl Engine {
                 let _ = self.bitmap.clear_bytes(sector.bytes(), u64::from(len));
                 self.resync_progress();
             }
-            AckKind::Neg => p.net = Net::Failed,
+            AckKind::Neg => {
+                p.net = Net::Failed;
+                // Out of sync at once (`got_NegAck`), so that a bitmap exchange on this
+                // connection (a disk attached meanwhile) carries it; told to the peer when its
+                // exchange is already behind us.
+                if let Some((offset, len)) = p.request.range().filter(|_| p.request.writes()) {
+                    let _ = self.bitmap.set_bytes(offset, len);
+                    let exchanged = matches!(
+                        self.state.conn,
+                        ConnState::WFBitMapS | ConnState::SyncSource | ConnState::PausedSyncS
+                    );
+                    if let (true, Ok(len)) = (exchanged, u32::try_from(len)) {
+                        self.send(Packet::OutOfSync {
+                            sector: Sector(offset / Sector::SIZE),
+                            len,
+                        });
+                    }
+                }
+            }
             _ => {}
         }
         self.maybe_complete(req);
@@ -1272,6 +1365,7 @@ impl Engine {
             .then(|| self.persist_bits(offset, len64));
         let key = self.next_peer_write;
         self.next_peer_write += 1;
+        let sender_lacks = self.state.pdsk < DiskState::Inconsistent;
         self.peer_writes.insert(
             key,
             PeerWrite {
@@ -1286,6 +1380,7 @@ impl Engine {
                 resync: false,
                 issued: false,
                 bits_first,
+                sender_lacks,
             },
         );
         self.peer_wait.push_back(key);
@@ -1372,12 +1467,22 @@ impl Engine {
             ));
             let _ = self.bitmap.set_bytes(w.offset, w.len);
         }
+        if ok && w.sender_lacks && self.state.conn >= ConnState::WFBitMapS {
+            // The peer attached its disk since it sent this, and our bitmap already went to
+            // it: the peer learns of the block as of any marked after the exchange.
+            if let Ok(len) = u32::try_from(w.len) {
+                self.send(Packet::OutOfSync {
+                    sector: Sector(w.offset / Sector::SIZE),
+                    len,
+                });
+            }
+        }
         if w.resync {
             self.rs_write_done(w.link, w.id, w.offset, w.len, ok);
         } else if ok
             && w.bits_first.is_none()
             && self.state.disk > DiskState::Failed
-            && self.state.pdsk <= DiskState::Failed
+            && (self.state.pdsk <= DiskState::Failed || w.sender_lacks)
         {
             // This disk became the only copy while the write was on its way: the blocks are
             // in our bitmap on disk before the write is acked.
@@ -1547,7 +1652,8 @@ impl Engine {
         let Request::Read { offset, len } = p.request else {
             return false;
         };
-        if self.state.disk <= DiskState::Failed {
+        if self.state.disk < DiskState::Inconsistent {
+            // No disk, or one attached whose handshake has not placed it yet.
             return true;
         }
         if self.state.disk >= DiskState::UpToDate {

@@ -48,7 +48,7 @@ pub(super) struct Resync {
     /// The next block the target looks at.
     pos: u64,
     inflight: HashMap<u64, InFlight>,
-    next_id: u64,
+    pub(super) next_id: u64,
     /// Bytes the rate allows to request now.
     credit: u64,
     rate_kib: u64,
@@ -114,6 +114,11 @@ impl Engine {
     /// for a call the engine no longer waits for (the connection went meanwhile) are ignored.
     pub fn handler_returned(&mut self, call: CallId, status: i32, now: Instant) {
         self.advance(now);
+        self.handler_returned_inner(call, status, now);
+        self.release_held();
+    }
+
+    fn handler_returned_inner(&mut self, call: CallId, status: i32, now: Instant) {
         let Some(Phase::BeforeResync {
             source,
             call: waiting,
@@ -163,6 +168,7 @@ impl Engine {
         let total_bits = self.bitmap.count();
         if let Some(p) = self.peer.as_mut() {
             p.phase = Phase::Running;
+            let first_id = RS_ID_BASE.max(p.rs_stale_below);
             p.resync = Some(Resync {
                 source,
                 started: now,
@@ -172,7 +178,7 @@ impl Engine {
                 synced_bits: 0,
                 pos: 0,
                 inflight: HashMap::new(),
-                next_id: RS_ID_BASE,
+                next_id: first_id,
                 credit: rate_kib * 1024 / 10,
                 rate_kib,
                 failed_bits: 0,
@@ -403,17 +409,21 @@ impl Engine {
             return;
         };
         let link = peer.gen;
+        // A reply to a request of a resync this node aborted (a disk failed).
+        let stale = id < peer.rs_stale_below;
         let Some(r) = peer.resync.as_mut().filter(|r| !r.source) else {
-            if peer.resync.is_none() && id >= RS_ID_BASE {
-                // Answers a request of a resync that was aborted: its bits stay set.
-                return;
+            // A reply to a request of a resync that was aborted is dropped: its bits stay set.
+            let aborted = stale || (peer.resync.is_none() && id >= RS_ID_BASE);
+            if !aborted {
+                self.protocol_error("P_RS_DATA_REPLY while not SyncTarget".into());
             }
-            self.protocol_error("P_RS_DATA_REPLY while not SyncTarget".into());
             return;
         };
         r.last_now = now;
         let Some(inflight) = r.inflight.get(&id) else {
-            self.protocol_error(format!("P_RS_DATA_REPLY for unknown request {id}"));
+            if !stale {
+                self.protocol_error(format!("P_RS_DATA_REPLY for unknown request {id}"));
+            }
             return;
         };
         let offset = inflight.bits.start * BLOCK_BYTES;
@@ -451,6 +461,7 @@ impl Engine {
                 resync: true,
                 issued: false,
                 bits_first: None,
+                sender_lacks: false,
             },
         );
         self.peer_wait.push_back(key);
@@ -582,9 +593,14 @@ impl Engine {
     /// A disk on either side failed mid-resync: the resync ends where it stands, with its
     /// bits kept and no UUID change. Replies still on their way are dropped on arrival.
     pub(super) fn abort_resync(&mut self) {
-        if self.peer.as_mut().and_then(|p| p.resync.take()).is_none() {
+        let Some(p) = self.peer.as_mut() else {
             return;
-        }
+        };
+        let Some(r) = p.resync.take() else {
+            return;
+        };
+        // A later resync on this connection numbers its requests past the aborted one's.
+        p.rs_stale_below = r.next_id;
         self.log(format!(
             "Resync aborted: a disk failed ({} bits left)",
             self.bitmap.count()
@@ -592,7 +608,7 @@ impl Engine {
     }
 
     /// `drbd_resync_finished`: UUIDs and disk states move, the bitmap is written.
-    fn finish_resync(&mut self, ok: bool) {
+    pub(super) fn finish_resync(&mut self, ok: bool) {
         let Some(peer) = self.peer.as_mut() else {
             return;
         };

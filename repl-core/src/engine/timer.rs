@@ -170,6 +170,7 @@ impl Engine {
             return;
         }
         self.lose_and_reconnect(ConnState::Timeout);
+        self.release_held();
     }
 
     /// Forgets the connection through `via`, then waits for the peer again.
