@@ -337,7 +337,67 @@ pub struct Engine {
     bug: Option<Bug>,
 }
 
+/// What a new engine starts from; everything else starts empty.
+struct Parts {
+    cfg: EngineConfig,
+    layout: Layout,
+    sb: Superblock,
+    state: NodeState,
+    al: ActivityLog,
+    bitmap: Bitmap,
+    size: u64,
+    meta_queue: VecDeque<MetaStep>,
+    out: VecDeque<Output>,
+    crashed_primary: bool,
+}
+
 impl Engine {
+    /// An engine from its parts, with no request, peer or operation yet.
+    fn assemble(p: Parts) -> Engine {
+        Engine {
+            rng: Rng::new(p.cfg.seed),
+            cfg: p.cfg,
+            layout: p.layout,
+            sb: p.sb,
+            state: p.state,
+            al: p.al,
+            bitmap: p.bitmap,
+            size: p.size,
+            next_req: 0,
+            next_op: 0,
+            requests: HashMap::new(),
+            ops: HashMap::new(),
+            waiting: VecDeque::new(),
+            staged: None,
+            meta_queue: p.meta_queue,
+            meta_busy: false,
+            gating_superblocks: 0,
+            going_down: false,
+            counters: Counters::default(),
+            out: p.out,
+            peer: None,
+            link_gen: 0,
+            peer_writes: HashMap::new(),
+            acks_after_bitmap: Vec::new(),
+            next_bitmap_mark: 0,
+            bitmap_marks_durable: 0,
+            announce_pending: false,
+            peer_wait: VecDeque::new(),
+            next_peer_write: 0,
+            crashed_primary: p.crashed_primary,
+            state_req: None,
+            held_for_sync: Vec::new(),
+            down_reported: false,
+            clock: Instant::default(),
+            net_log: VecDeque::new(),
+            next_call: 0,
+            negotiating: None,
+            held: VecDeque::new(),
+            #[cfg(feature = "sim-bugs")]
+            bug: None,
+        }
+    }
+
     /// Attaches the metadata read from disk: replays the activity log when the metadata was
     /// not closed cleanly (marking hot extents out of sync when the node was Primary), then
     /// records the attach in the superblock. Drain [`Engine::poll_output`] afterwards: the
@@ -362,8 +422,7 @@ impl Engine {
             ..NodeState::DOWN
         };
         let attached = down.attach(meta, &cfg.context)?;
-        let mut engine = Engine {
-            rng: Rng::new(cfg.seed),
+        let mut engine = Engine::assemble(Parts {
             cfg,
             layout,
             sb: sb.attached(),
@@ -371,39 +430,10 @@ impl Engine {
             al,
             bitmap,
             size,
-            next_req: 0,
-            next_op: 0,
-            requests: HashMap::new(),
-            ops: HashMap::new(),
-            waiting: VecDeque::new(),
-            staged: None,
             meta_queue,
-            meta_busy: false,
-            gating_superblocks: 0,
-            going_down: false,
-            counters: Counters::default(),
             out,
-            peer: None,
-            link_gen: 0,
-            peer_writes: HashMap::new(),
-            acks_after_bitmap: Vec::new(),
-            next_bitmap_mark: 0,
-            bitmap_marks_durable: 0,
-            announce_pending: false,
-            peer_wait: VecDeque::new(),
-            next_peer_write: 0,
             crashed_primary,
-            state_req: None,
-            held_for_sync: Vec::new(),
-            down_reported: false,
-            clock: Instant::default(),
-            net_log: VecDeque::new(),
-            next_call: 0,
-            negotiating: None,
-            held: VecDeque::new(),
-            #[cfg(feature = "sim-bugs")]
-            bug: None,
-        };
+        });
         engine.sb.la_size = Sector(size / Sector::SIZE);
         engine.set_state(attached.state);
         engine.write_superblock(After::Superblock);
@@ -517,8 +547,7 @@ impl Engine {
             conn: ConnState::StandAlone,
             ..NodeState::DOWN
         };
-        Ok(Engine {
-            rng: Rng::new(cfg.seed),
+        Ok(Engine::assemble(Parts {
             cfg,
             layout,
             sb,
@@ -526,39 +555,10 @@ impl Engine {
             al,
             bitmap: Bitmap::new(Sector(0)),
             size: 0,
-            next_req: 0,
-            next_op: 0,
-            requests: HashMap::new(),
-            ops: HashMap::new(),
-            waiting: VecDeque::new(),
-            staged: None,
             meta_queue: VecDeque::new(),
-            meta_busy: false,
-            gating_superblocks: 0,
-            going_down: false,
-            counters: Counters::default(),
             out: VecDeque::new(),
-            peer: None,
-            link_gen: 0,
-            peer_writes: HashMap::new(),
-            acks_after_bitmap: Vec::new(),
-            next_bitmap_mark: 0,
-            bitmap_marks_durable: 0,
-            announce_pending: false,
-            peer_wait: VecDeque::new(),
-            next_peer_write: 0,
             crashed_primary: false,
-            state_req: None,
-            held_for_sync: Vec::new(),
-            down_reported: false,
-            clock: Instant::default(),
-            net_log: VecDeque::new(),
-            next_call: 0,
-            negotiating: None,
-            held: VecDeque::new(),
-            #[cfg(feature = "sim-bugs")]
-            bug: None,
-        })
+        }))
     }
 
     /// Usable bytes: the disk's, or for a diskless node what the peer reported.
