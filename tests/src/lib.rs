@@ -82,6 +82,22 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs `qemu-io` uncached on `uri` with each of `cmds` (`-c`) and returns its stdout; a failed
+/// command or a pattern mismatch panics (qemu-io reports those on stdout and still exits 0).
+pub fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw", "-t", "none"]);
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    let out = String::from_utf8_lossy(&run_ok(c.arg(uri)).stdout).into_owned();
+    assert!(
+        !out.contains("failed") && !out.contains("Pattern verification"),
+        "qemu-io {cmds:?}: {out}"
+    );
+    out
+}
+
 /// Runs a command and returns its stdout as text.
 pub fn stdout_of(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run_ok(cmd).stdout).into_owned()

@@ -56,21 +56,6 @@ fn oos_kib(node: &ClusterNode) -> u64 {
         .unwrap_or(0)
 }
 
-fn qemu_io(uri: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", "-t", "none"]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    let out = String::from_utf8_lossy(&run_ok(c.arg(uri)).stdout).into_owned();
-    // qemu-io reports a failed command or a pattern mismatch on stdout and still exits 0.
-    assert!(
-        !out.contains("failed") && !out.contains("Pattern verification"),
-        "qemu-io {cmds:?}: {out}"
-    );
-    out
-}
-
 /// fio's job over the first 48 MiB: every 4 KiB block written once, in a random order that
 /// `--randrepeat` makes the same in every run, each with a crc32c verify header.
 const FIO_JOB: [&str; 8] = [

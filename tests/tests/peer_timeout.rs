@@ -7,7 +7,6 @@
 //!
 //! Needs root (FUSE): skipped otherwise, a failure in CI.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tandem_tests::cluster::{Cluster, ClusterNode, ClusterOpts};
@@ -21,19 +20,6 @@ const DATA: u64 = 63 * MIB;
 /// `timeout 10` (1 s) and `ko-count 2`: a request unanswered for 2 s drops the connection.
 const NET: &str = "timeout 10;\n    ko-count 2;";
 const EFFECTIVE: Duration = Duration::from_secs(2);
-
-fn qemu_io(uri: &str, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", "-t", "none"]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    let out = String::from_utf8_lossy(&run_ok(c.arg(uri)).stdout).into_owned();
-    assert!(
-        !out.contains("failed") && !out.contains("Pattern verification"),
-        "qemu-io {cmds:?}: {out}"
-    );
-}
 
 /// How many times `node` logged `needle`.
 fn count(node: &ClusterNode, needle: &str) -> usize {

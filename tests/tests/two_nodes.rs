@@ -13,15 +13,6 @@ const MIB: u64 = 1 << 20;
 /// end, after the usable 65,496 KiB).
 const DATA: u64 = 63 * MIB;
 
-fn qemu_io(uri: &str, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", "-t", "none"]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    run_ok(c.arg(uri));
-}
-
 #[test]
 fn seed_001_first_sync_then_every_write_on_both_disks() {
     if !require("qemu-io", "qemu-utils") {

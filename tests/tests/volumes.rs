@@ -12,21 +12,6 @@ const MIB: u64 = 1 << 20;
 /// What the data areas of 64 MiB backing files are compared over.
 const DATA: u64 = 63 * MIB;
 
-fn qemu_io(uri: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", "-t", "none"]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    let out = String::from_utf8_lossy(&run_ok(c.arg(uri)).stdout).into_owned();
-    // qemu-io reports a failed command or a pattern mismatch on stdout and still exits 0.
-    assert!(
-        !out.contains("failed") && !out.contains("Pattern verification"),
-        "qemu-io {cmds:?}: {out}"
-    );
-    out
-}
-
 /// Waits until `drbdadm WHAT RES` on `node` prints `want`.
 fn wait_query(node: &ClusterNode, what: &str, res: &str, want: &str) {
     node.wait_for(&format!("{what} {res} = {want}"), |n| {
