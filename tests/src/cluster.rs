@@ -357,6 +357,16 @@ impl ClusterNode {
             .ok()
     }
 
+    /// The 4 KiB block at `offset` of this node's backing file was never written (all zero).
+    pub fn untouched(&self, offset: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; 4096];
+        std::fs::File::open(&self.disk)
+            .and_then(|f| f.read_exact_at(&mut b, offset))
+            .is_ok()
+            && b.iter().all(|&x| x == 0)
+    }
+
     /// kill -9 of this node's daemon; waits until it is gone.
     pub fn kill9(&self) {
         if let Some(pid) = self.pid() {

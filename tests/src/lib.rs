@@ -350,3 +350,17 @@ pub fn require_fio_engine(engine: &str) -> bool {
     }
     listed
 }
+
+/// The offsets of the blocks fio's verify reported as bad (its `verify: ... offset N` lines).
+pub fn fio_mismatched_offsets(fio_stderr: &str) -> Vec<u64> {
+    fio_stderr
+        .lines()
+        .filter(|l| l.starts_with("verify:"))
+        .filter_map(|l| {
+            l.split("offset ")
+                .nth(1)
+                .and_then(|r| r.split([',', ' ']).next())
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
+}

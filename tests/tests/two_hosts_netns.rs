@@ -153,6 +153,11 @@ struct Hosts {
 impl Hosts {
     /// None (with a visible skip) without root or the tools.
     fn new() -> Option<Hosts> {
+        Hosts::with(ClusterOpts::default())
+    }
+
+    /// As [`Hosts::new`], with these options (the addresses are the hosts').
+    fn with(opts: ClusterOpts) -> Option<Hosts> {
         if !require_root("network namespaces")
             || !require("ip", "iproute2")
             || !require("unshare", "util-linux")
@@ -165,7 +170,7 @@ impl Hosts {
         let c = Cluster::with_wrappers(
             ClusterOpts {
                 addresses: Some(net.addr.clone().map(|a| format!("{a}:7789"))),
-                ..ClusterOpts::default()
+                ..opts
             },
             [net.host(0), net.host(1)],
         );
@@ -197,15 +202,20 @@ impl Hosts {
     /// fio's nbd engine against alpha's export, run as host alpha, in the work directory
     /// (where the verify state is saved and loaded); its output goes to `<work>/<tag>.out`.
     fn fio(&self, tag: &str, extra: &[&str]) -> Command {
+        self.fio_on(0, tag, extra)
+    }
+
+    /// As [`Hosts::fio`], against node `i`'s export, run as host `i`.
+    fn fio_on(&self, i: usize, tag: &str, extra: &[&str]) -> Command {
         let out = std::fs::File::create(self.work.join(format!("{tag}.out"))).expect("fio out");
         let err = out.try_clone().expect("fio out");
         let mut cmd = Command::new("ip");
         cmd.current_dir(&self.work)
-            .args(["netns", "exec", &self.net.ns[0], "fio"])
+            .args(["netns", "exec", &self.net.ns[i], "fio"])
             .args([
                 "--name=netns",
                 "--ioengine=nbd",
-                &format!("--uri={}", self.c.node(0).uri()),
+                &format!("--uri={}", self.c.node(i).uri()),
                 "--rw=randwrite",
                 "--bs=4k",
                 "--iodepth=16",
@@ -368,5 +378,134 @@ fn secondary_killed_during_fio_verify() {
     assert!(
         kb > 0 && kb < 65496,
         "a bitmap resync, not a full one: {kb} KB"
+    );
+}
+
+#[test]
+fn seed_001_full_first_sync_between_hosts() {
+    let Some(h) = Hosts::new() else { return };
+    let (a, b) = (h.c.node(0), h.c.node(1));
+    h.c.up();
+    h.c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
+    a.ok(&["primary", "--force", "r0"]);
+    h.assert_converged();
+    assert!(
+        b.log().contains("Began resync as SyncTarget"),
+        "{}",
+        b.log()
+    );
+    assert_eq!(a.ok(&["role", "r0"]), "Primary/Secondary\n");
+}
+
+#[test]
+fn a_wrong_shared_secret_is_refused_between_hosts() {
+    let secret = |s: &str| format!("    cram-hmac-alg sha256;\n    shared-secret \"{s}\";");
+    let Some(h) = Hosts::with(ClusterOpts {
+        net: [secret("right"), secret("wrong")],
+        ..ClusterOpts::default()
+    }) else {
+        return;
+    };
+    h.c.up();
+    h.c.node(1).wait_for("the refusal", |n| {
+        n.log().contains("Authentication of peer failed")
+    });
+    for n in &h.c.nodes {
+        assert_eq!(n.query("cstate"), "WFConnection");
+    }
+}
+
+#[test]
+fn a_peer_too_small_is_refused_between_hosts() {
+    let Some(h) = Hosts::with(ClusterOpts {
+        sizes: [64 * MIB, 32 * MIB],
+        ..ClusterOpts::default()
+    }) else {
+        return;
+    };
+    for n in &h.c.nodes {
+        n.ok(&["create-md", "--force", "r0"]);
+    }
+    let (a, b) = (h.c.node(0), h.c.node(1));
+    a.ok(&["up", "r0"]);
+    a.ok(&["primary", "--force", "r0"]);
+    b.ok(&["up", "r0"]);
+    a.wait_for("the refusal", |n| {
+        n.log().contains("The peer's disk size is too small!")
+    });
+    a.wait_for("StandAlone", |n| n.query("cstate") == "StandAlone");
+}
+
+#[test]
+fn primary_killed_during_fio_verify_then_the_other_host_is_promoted() {
+    let Some(h) = Hosts::new() else { return };
+    let (a, b) = (h.c.node(0), h.c.node(1));
+    h.start();
+    let mut writer = h.start_writer();
+    a.wait_for("8 MiB written", |n| n.written_kib() >= BEFORE_FAULT_KIB);
+    a.kill9();
+    let status = writer
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("fio did not end:\n{}", h.fio_output("write")));
+    assert!(
+        !status.success(),
+        "fio finished before the kill: the test would prove nothing"
+    );
+    b.wait_for("the peer gone", |n| n.query("cstate") == "WFConnection");
+    b.ok(&["primary", "r0"]);
+    // fio verifies, on beta, what its saved state says completed before the crash. It counts
+    // the writes that failed when alpha died as written, so at most `iodepth` blocks may be
+    // reported, each never written on beta (see two_nodes.rs for the strict check).
+    let status = h
+        .fio_on(
+            1,
+            "verify",
+            &["--verify_only", "--verify_state_load=1", "--verify_fatal=0"],
+        )
+        .status()
+        .expect("fio verify");
+    let out = h.fio_output("verify");
+    let bad = fio_mismatched_offsets(&out);
+    assert!(
+        bad.len() <= 16 && bad.iter().all(|&o| b.untouched(o)),
+        "verify on the promoted host failed ({status}):\n{out}"
+    );
+    assert!(out.contains("READ: bw="), "nothing was verified:\n{out}");
+    // The old Primary comes back as the target of a bitmap resync.
+    a.ok(&["up", "r0"]);
+    h.assert_converged();
+    assert!(
+        a.log().contains("Began resync as SyncTarget"),
+        "{}",
+        a.log()
+    );
+}
+
+#[test]
+fn a_cut_link_resyncs_only_the_blocks_written_meanwhile() {
+    if !require("qemu-io", "qemu-utils") {
+        return;
+    }
+    let Some(h) = Hosts::new() else { return };
+    let (a, b) = (h.c.node(0), h.c.node(1));
+    h.start();
+    h.net.link(1, false);
+    a.wait_for("WFConnection after the cut", |n| {
+        n.query("cstate") == "WFConnection"
+    });
+    // About 1% of the volume, in 64 KiB pieces spread over it.
+    let writes: Vec<String> = (0..10)
+        .map(|i| format!("w -P {} {}k 64k", i + 1, i * 6 * 1024))
+        .collect();
+    let cmds: Vec<&str> = writes.iter().map(String::as_str).collect();
+    qemu_io(&a.uri(), &cmds);
+    assert!(a.proc_drbd().contains("oos:640"), "{}", a.proc_drbd());
+    h.net.link(1, true);
+    h.assert_converged();
+    let log = b.log();
+    assert!(log.contains("uuid_compare()=-1 by rule 50"), "{log}");
+    assert!(
+        log.contains("Began resync as SyncTarget (will sync 640 KB [160 bits set])."),
+        "only what changed is resynced: {log}"
     );
 }

@@ -197,9 +197,9 @@ fn primary_killed_during_fio_verify_then_the_secondary_has_every_acked_write() {
     .expect("fio verify");
     let text = std::fs::read_to_string(&report).unwrap_or_default();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let bad = mismatched_offsets(&stderr);
+    let bad = fio_mismatched_offsets(&stderr);
     assert!(
-        bad.len() <= 16 && bad.iter().all(|&o| untouched(b, o)),
+        bad.len() <= 16 && bad.iter().all(|&o| b.untouched(o)),
         "verify on the promoted Secondary failed:\n{stderr}\n{}",
         mismatch_report(&c, &stderr)
     );
@@ -274,30 +274,6 @@ fn mismatch_report(c: &Cluster, fio_stderr: &str) -> String {
         out.push_str(&format!("{} at {offset}: {r:?} {b:02x?}\n", n.name));
     }
     out
-}
-
-/// Offsets fio's verify reported as bad.
-fn mismatched_offsets(fio_stderr: &str) -> Vec<u64> {
-    fio_stderr
-        .lines()
-        .filter(|l| l.starts_with("verify:"))
-        .filter_map(|l| {
-            l.split("offset ")
-                .nth(1)
-                .and_then(|r| r.split([',', ' ']).next())
-                .and_then(|n| n.parse().ok())
-        })
-        .collect()
-}
-
-/// The 4 KiB block at `offset` is all zeros on this node's disk.
-fn untouched(n: &tandem_tests::cluster::ClusterNode, offset: u64) -> bool {
-    use std::os::unix::fs::FileExt;
-    let mut b = vec![0u8; 4096];
-    std::fs::File::open(&n.disk)
-        .and_then(|f| f.read_exact_at(&mut b, offset))
-        .is_ok()
-        && b.iter().all(|&x| x == 0)
 }
 
 #[test]
