@@ -16,10 +16,12 @@ const MIB: u64 = 1 << 20;
 /// What the two data areas of 64 MiB backing files are compared over (the metadata is at the
 /// end, after the usable 65,496 KiB).
 const DATA: u64 = 63 * MIB;
-/// The fio job: 48 MiB of 4 KiB random writes, throttled so that it is still writing while
-/// the test cuts the link (or kills the Secondary) after 8 MiB and waits for the Primary to
-/// notice.
+/// The fio job: 48 MiB of 4 KiB random writes.
 const FIO_SIZE: &str = "--size=48M";
+/// Throttles the writer so that it is still writing while the test cuts the link (or kills the
+/// Secondary) after 8 MiB and waits for the Primary to notice. Not for a writer whose server
+/// dies: fio 3.33 then spins forever in its rate sleep (`io_u_quiesce` retries the dead
+/// connection's in-flight I/O), so that writer runs at full speed.
 const FIO_RATE: &str = "--rate=6m";
 /// Written before the fault is injected.
 const BEFORE_FAULT_KIB: u64 = 8 * 1024;
@@ -236,10 +238,10 @@ impl Hosts {
         std::fs::read_to_string(self.work.join(format!("{tag}.out"))).unwrap_or_default()
     }
 
-    /// Starts the write pass.
-    fn start_writer(&self) -> Proc {
+    /// Starts the write pass, with `extra` fio options.
+    fn start_writer(&self, extra: &[&str]) -> Proc {
         let child = self
-            .fio("write", &["--do_verify=0", FIO_RATE])
+            .fio("write", &[&["--do_verify=0"], extra].concat())
             .spawn()
             .expect("fio");
         Proc {
@@ -301,7 +303,7 @@ fn link_cut_during_fio_verify_then_restored() {
     let Some(h) = Hosts::new() else { return };
     let (a, b) = (h.c.node(0), h.c.node(1));
     h.start();
-    let mut writer = h.start_writer();
+    let mut writer = h.start_writer(&[FIO_RATE]);
     a.wait_for("8 MiB written", |n| n.written_kib() >= BEFORE_FAULT_KIB);
     h.net.link(1, false);
     // The Primary notices within ping-timeout and goes on alone.
@@ -352,7 +354,7 @@ fn secondary_killed_during_fio_verify() {
     let Some(h) = Hosts::new() else { return };
     let (a, b) = (h.c.node(0), h.c.node(1));
     h.start();
-    let mut writer = h.start_writer();
+    let mut writer = h.start_writer(&[FIO_RATE]);
     a.wait_for("8 MiB written", |n| n.written_kib() >= BEFORE_FAULT_KIB);
     b.kill9();
     a.wait_for("WFConnection after the kill", |n| {
@@ -441,7 +443,7 @@ fn primary_killed_during_fio_verify_then_the_other_host_is_promoted() {
     let Some(h) = Hosts::new() else { return };
     let (a, b) = (h.c.node(0), h.c.node(1));
     h.start();
-    let mut writer = h.start_writer();
+    let mut writer = h.start_writer(&[]);
     a.wait_for("8 MiB written", |n| n.written_kib() >= BEFORE_FAULT_KIB);
     a.kill9();
     let status = writer
