@@ -4,7 +4,7 @@
 //! write in flight) and are throttled.
 
 use repl_core::engine::Engine;
-use repl_core::state::{ConnState, DiskState, Role};
+use repl_core::state::{ConnState, DiskState, NodeState, Role};
 
 use crate::sim::{Phase, Sim};
 use crate::workload::SECTOR;
@@ -217,7 +217,11 @@ impl Sim {
 
     /// A handshake on node `i` decided to connect or resync: if both copies hold writes the
     /// other never saw, that is a silent merge of a split brain.
-    pub(crate) fn handshake_decided(&mut self, i: usize, conn: ConnState) {
+    /// An Inconsistent side (`old.disk` here, `new.pdsk` as the peer reported it) counts
+    /// for nothing: DRBD settles the direction by the disk states before any split-brain
+    /// rule, and that side's data is overwritten.
+    pub(crate) fn handshake_decided(&mut self, i: usize, old: NodeState, new: NodeState) {
+        let conn = new.conn;
         self.count("handshakes");
         if self.stale_handshake() {
             self.count("handshakes with a crashed peer");
@@ -232,7 +236,9 @@ impl Sim {
             self.count("handshakes with a diskless side");
             return;
         }
-        if self.model.unique[0] && self.model.unique[1] && !self.conn.discard {
+        let inconsistent =
+            old.disk <= DiskState::Inconsistent || new.pdsk <= DiskState::Inconsistent;
+        if self.model.unique[0] && self.model.unique[1] && !self.conn.discard && !inconsistent {
             let name = self.nodes[i].name;
             self.fail(
                 "split-brain",

@@ -33,6 +33,7 @@ pub(crate) const ACTIONS: &[(&str, [u64; 3])] = &[
     ("new-uuid", [1, 1, 1]),
     ("protocol", [1, 1, 2]),
     ("rate", [1, 1, 1]),
+    ("detach", [1, 1, 2]),
 ];
 
 pub(crate) const MS: u64 = 1_000_000;
@@ -333,6 +334,21 @@ impl Sim {
                     self.headline(format!("operator: secondary {}", self.nodes[p].name));
                     self.fault("op demote");
                     self.command(p, Command::Secondary);
+                }
+            }
+            "detach" => {
+                let Some(i) = self.random_alive() else {
+                    return;
+                };
+                if self.state(i).is_none_or(|s| s.disk <= DiskState::Diskless) {
+                    return;
+                }
+                self.headline(format!("operator: detach {}", self.nodes[i].name));
+                self.fault("op detach");
+                if self.command(i, Command::Detach) {
+                    let inc = self.nodes[i].inc;
+                    let d = self.rng.range(10, 1000) * MS;
+                    self.at(self.now + d, Ev::OperatorAttach { node: i, inc });
                 }
             }
             "disconnect" => {

@@ -178,6 +178,11 @@ pub(crate) enum Ev {
         node: usize,
         inc: u64,
     },
+    /// The operator attaches a detached disk again.
+    OperatorAttach {
+        node: usize,
+        inc: u64,
+    },
     HandlerDone {
         node: usize,
         inc: u64,
@@ -337,8 +342,8 @@ pub(crate) struct Conn {
     /// The incarnation of each node when it last sent `P_UUIDS` on this connection: a
     /// handshake decided on what a since-crashed node sent leads nowhere.
     pub uuids_inc: [Option<u64>; 2],
-    /// A node lost its disk to an error on this connection: a diskless peer acks barriers
-    /// without holding the data.
+    /// A node lost its disk on this connection (an error or `detach`): a diskless peer acks
+    /// barriers without holding the data.
     pub detached: [bool; 2],
 }
 
@@ -737,7 +742,7 @@ impl Sim {
     }
 
     /// `drbdadm attach` of node `i` once its disk works again, if the engine runs without
-    /// it (detached after an error): the disk as it is now goes back to the running engine.
+    /// it (after an error or `detach`): the disk as it is now goes back to the running engine.
     pub(crate) fn reattach(&mut self, i: usize) {
         let diskless = self.nodes[i]
             .engine
@@ -1171,7 +1176,7 @@ impl Sim {
                 ConnState::Connected | ConnState::WFBitMapS | ConnState::WFBitMapT
             )
         {
-            self.handshake_decided(i, new.conn);
+            self.handshake_decided(i, old, new);
         }
         if new.conn == ConnState::SyncTarget && old.conn != ConnState::SyncTarget {
             self.count("resyncs started");
@@ -1888,6 +1893,11 @@ impl Sim {
                 if self.nodes[node].inc == inc && self.alive(node) {
                     self.headline(format!("operator: connect {}", self.nodes[node].name));
                     self.connect_node(node);
+                }
+            }
+            Ev::OperatorAttach { node, inc } => {
+                if self.nodes[node].inc == inc && self.phase == Phase::Faults {
+                    self.reattach(node);
                 }
             }
         }

@@ -95,7 +95,7 @@ impl Engine {
     }
 
     /// The promotion's effects: warnings, a new current UUID when due, the superblock, and
-    /// the new state (and UUIDs, when forced) for the peer.
+    /// the new state (and UUIDs, when they changed) for the peer.
     fn apply_promotion(&mut self, state: NodeState, forced: bool, forced_split_brain: bool) {
         if forced {
             self.log(FORCED_UP_TO_DATE.into());
@@ -104,13 +104,16 @@ impl Engine {
             self.log(FORCED_SPLIT_BRAIN.into());
         }
         let random = self.rng.next_u64();
-        if self.sb.uuids.promote(&state, forced, random) {
+        let new_generation = self.sb.uuids.promote(&state, forced, random);
+        if new_generation {
             self.log(format!("new current UUID {}", self.sb.uuids.current));
         }
         self.set_crashed_primary(false);
         self.set_state(state);
         self.write_superblock(After::Superblock);
-        if forced {
+        // A diskless peer decides on these when it attaches again (8.4 sends them only when
+        // forced, and that peer then decides on a stale tuple).
+        if new_generation {
             self.send_uuids(crate::uuid::UuidFlags::default());
         }
         self.send_state();
@@ -121,7 +124,8 @@ impl Engine {
     /// (StartingSyncT), which needs the connection. Returns whether it waits for the peer.
     pub(super) fn invalidate_command(&mut self, ctx: Context) -> Result<bool, CommandError> {
         if self.state.disk <= DiskState::Failed {
-            return Err(StateChangeError::NoDisk.into());
+            // drbdsetup's (-11), as the state change to Inconsistent is refused.
+            return Err(StateChangeError::IsDiskless.into());
         }
         if self.state.conn == ConnState::StandAlone && self.state.role == Role::Secondary {
             let mut req = self.state;
@@ -251,7 +255,13 @@ impl Engine {
                     {
                         self.begin_full_sync(ns, ns.conn == ConnState::StartingSyncS, now);
                     }
-                    _ => self.set_state(ns),
+                    _ => {
+                        let old = self.state;
+                        self.set_state(ns);
+                        if self.new_current_on_peer_data_loss(old) {
+                            self.send_uuids(crate::uuid::UuidFlags::default());
+                        }
+                    }
                 }
             }
         }

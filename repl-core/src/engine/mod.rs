@@ -11,6 +11,7 @@
 //! superblock that records a role change precedes the writes it covers.
 
 mod cluster;
+mod detach;
 mod io;
 mod peer;
 mod resync;
@@ -133,6 +134,10 @@ pub enum Command {
     /// Stop taking requests, finish those in flight, persist the bitmap and a clean
     /// superblock, then report [`Event::Down`].
     Down,
+    /// `detach`: new requests wait while those on the disk finish, the bitmap and a clean
+    /// superblock are written, then the disk goes Failed and Diskless ([`Event::Detached`]).
+    /// The node stays up and connected, serving from the peer as after an I/O error.
+    Detach,
 }
 
 /// Why a command was refused.
@@ -172,8 +177,8 @@ pub enum Event {
         handler: Handler,
         call: CallId,
     },
-    /// The disk was detached after an I/O error (`on-io-error detach`); the daemon may close
-    /// the backing device.
+    /// The disk was detached, after an I/O error (`on-io-error detach`) or by
+    /// [`Command::Detach`]; the daemon may close the backing device.
     Detached,
     /// The result of the command that waited for the peer ([`Engine::command_pending`]).
     CommandDone {
@@ -191,6 +196,8 @@ enum After {
     Superblock,
     /// The clean superblock written by `Down`.
     Down,
+    /// The clean superblock written by `Detach`: the disk may go.
+    Detach,
     /// Bitmap pages up to this mark are durable: peer writes that wait for them may be acked.
     BitmapMark(u64),
     /// A superblock that makes the disk Inconsistent: only now does the peer hear of it, so
@@ -291,6 +298,8 @@ pub struct Engine {
     /// Superblock writes in the queue that writes must wait for.
     gating_superblocks: u32,
     going_down: bool,
+    /// Where a `detach` stands (see [`Command::Detach`]).
+    detach: detach::Detach,
     counters: Counters,
     out: VecDeque<Output>,
     /// The connection, from link establishment until it is lost.
@@ -373,6 +382,7 @@ impl Engine {
             meta_busy: false,
             gating_superblocks: 0,
             going_down: false,
+            detach: detach::Detach::No,
             counters: Counters::default(),
             out: p.out,
             peer: None,
@@ -577,17 +587,23 @@ impl Engine {
         self.out.pop_front()
     }
 
-    /// A snapshot in DRBD's vocabulary for status output.
+    /// A snapshot in DRBD's vocabulary for status output. Without a disk there are no
+    /// generation UUIDs, flags or out-of-sync count to show (DRBD reads them from the disk).
     pub fn status(&self) -> Status {
+        let disk = self.state.disk > DiskState::Failed;
         Status {
             resource: self.cfg.resource.clone(),
             volume: self.cfg.volume,
             minor: self.cfg.minor,
             state: self.state,
-            uuids: self.sb.uuids,
-            flags: self.sb.flags,
+            uuids: if disk {
+                self.sb.uuids
+            } else {
+                GenerationUuids::default()
+            },
+            flags: if disk { self.sb.flags } else { MdFlags(0) },
             size: Sector(self.size / Sector::SIZE),
-            out_of_sync: self.bitmap.count() * 4,
+            out_of_sync: if disk { self.bitmap.count() * 4 } else { 0 },
             counters: Counters {
                 lo: self.ops.len() as u64,
                 ap: self.requests.values().filter(|p| !p.completed).count() as u64,
@@ -687,7 +703,8 @@ impl Engine {
     /// or this node is the target of a bitmap exchange: its bitmap does not yet say which of
     /// its blocks are stale, and writes would not reach the peer, so requests wait.
     fn placing_disk(&self) -> bool {
-        self.state.disk == DiskState::Negotiating
+        self.detaching()
+            || self.state.disk == DiskState::Negotiating
             || matches!(
                 self.state.conn,
                 ConnState::WFBitMapT | ConnState::WFSyncUUID
@@ -697,6 +714,9 @@ impl Engine {
     /// Issues the requests held while the disk was being placed, or fails them when no data
     /// is reachable any more.
     fn release_held(&mut self) {
+        // Every entry point ends here: a detach that waited for a quiet disk or for the end
+        // of a handshake may go on now.
+        self.maybe_finish_detach();
         if self.held.is_empty() || self.placing_disk() {
             return;
         }
@@ -819,12 +839,15 @@ impl Engine {
             Command::InvalidateRemote => {
                 self.invalidate_remote_command(ctx)?;
             }
+            Command::Detach => self.detach_command(ctx)?,
             Command::Down => {
                 // A refused demotion (the device is open) refuses `down`; otherwise the
                 // requests in flight finish first, still mirrored, and the demotion and the
                 // disconnect follow once they are done.
                 self.state.demote(&ctx)?;
                 self.going_down = true;
+                // `down` supersedes a detach that waits: it leaves the metadata clean too.
+                self.detach = detach::Detach::No;
                 self.maybe_finish_down();
             }
         }
@@ -845,6 +868,9 @@ impl Engine {
         if old != new {
             self.state = new;
             self.sb.flags = md_flags(self.sb.flags, &new);
+            if self.writes_unconfirmed() {
+                self.sb.flags = self.sb.flags.with(MdFlags::PRIMARY_IND);
+            }
             self.out
                 .push_back(Output::Event(Event::StateChanged { old, new }));
         }
@@ -859,7 +885,7 @@ impl Engine {
 
     /// Admits waiting writes through the activity log, in order; those that must wait stay.
     fn admit_waiting(&mut self) {
-        if self.gating_superblocks > 0 || self.writes_wait_for_sync_uuid() {
+        if self.gating_superblocks > 0 || self.writes_wait_for_sync_uuid() || self.detaching() {
             return;
         }
         let mut still: VecDeque<ReqId> = VecDeque::new();
@@ -1060,11 +1086,17 @@ impl Engine {
         // A copy the peer holds counts only when the peer's disk is a whole copy: on an
         // Inconsistent one (a SyncTarget) the write would be lost to the next resync from here.
         let peer_whole = self.state.pdsk == DiskState::UpToDate;
+        // Likewise a write only this node's Inconsistent disk holds (a Primary SyncTarget
+        // whose source refused it): the resync from the source would overwrite it.
+        let local_whole = self.state.disk >= DiskState::Consistent;
         if !p.completed && (p.net.satisfied() || early) {
             p.completed = true;
             // Success when either side has the data (`drbd_req_complete`).
             let result = match local {
                 Err(_) if p.net.peer_has_data() && peer_whole => Ok(None),
+                Ok(_) if p.request.writes() && !local_whole && !p.net.peer_has_data() && !early => {
+                    Err(RequestError::Io)
+                }
                 r => r.clone(),
             };
             let wrote = p.request.writes() && p.net.is_mirrored();
@@ -1085,6 +1117,7 @@ impl Engine {
         let Some(p) = self.requests.remove(&req) else {
             return;
         };
+        self.settle_primary_indicator();
         self.prune_net_log();
         let local_ok = matches!(p.local, Some(Ok(_)));
         if let (true, Some((offset, len))) = (p.request.writes(), p.request.range()) {
@@ -1112,6 +1145,26 @@ impl Engine {
         self.admit_waiting();
         self.admit_peer_writes();
         self.maybe_finish_down();
+    }
+
+    /// Writes of this node that the peer has not confirmed yet (they are forgotten only once
+    /// it has, or once their blocks are marked out of sync).
+    fn writes_unconfirmed(&self) -> bool {
+        self.requests.values().any(|p| p.request.writes())
+    }
+
+    /// The superblock keeps `PRIMARY_IND` after a demotion while writes from the Primary's
+    /// time are unconfirmed: a crash then still replays the activity log that covers them
+    /// (drbdmeta applies it only with that flag). The last one to go clears it.
+    fn settle_primary_indicator(&mut self) {
+        if !self.sb.flags.contains(MdFlags::PRIMARY_IND) || self.writes_unconfirmed() {
+            return;
+        }
+        let flags = md_flags(self.sb.flags, &self.state);
+        if !flags.contains(MdFlags::PRIMARY_IND) {
+            self.sb.flags = flags;
+            self.write_superblock(After::Nothing);
+        }
     }
 
     /// Whether a local write that is admitted (issued, or staged behind its AL transaction)
@@ -1175,7 +1228,7 @@ impl Engine {
             // Metadata that cannot be written leaves the disk unusable: DRBD detaches
             // whatever `on-io-error` says.
             self.log("meta data I/O error; the disk is failed".into());
-            self.detach_after_error();
+            self.drop_disk();
         }
         match after {
             After::Nothing => {}
@@ -1209,6 +1262,7 @@ impl Engine {
                 self.announce_disk();
             }
             After::Down => self.out.push_back(Output::Event(Event::Down)),
+            After::Detach => self.detach_written(),
             After::BitmapMark(mark) => self.bitmap_mark_durable(mark),
         }
         self.pump_meta();

@@ -1725,3 +1725,100 @@ fn a_sync_target_losing_its_disk_aborts_the_resync_and_catches_up_once_attached_
     assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
     p.assert_identical();
 }
+
+#[test]
+fn a_detached_secondary_stays_connected_and_catches_up_once_attached_again() {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(0, 0x11, 4096));
+    // A mirrored write is on the Secondary's disk when the detach comes: the detach waits.
+    p.n[1].hold_disk = true;
+    let on_disk = p.submit(0, write(65536, 0x22, 4096));
+    p.n[1].e.command(Command::Detach, false).unwrap();
+    p.settle();
+    assert_eq!(p.n[1].e.state().disk, DiskState::UpToDate);
+    assert!(!p.n[1].events.contains(&Event::Detached));
+    // A write that arrives meanwhile waits too, and finds no disk once the detach is done.
+    let later = p.n[0].e.submit(write(131072, 0x33, 4096), p.now).unwrap();
+    p.settle();
+    assert!(!p.n[0].completed(later));
+    let before = p.n[1].d.get(131072, 4096).to_vec();
+    p.release_disk(1);
+    p.settle();
+    assert!(p.n[1].events.contains(&Event::Detached));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::Diskless));
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.n[0].e.state().pdsk, DiskState::Diskless);
+    for r in [on_disk, later] {
+        assert!(p.n[0].completions.contains(&(r, Ok(None))), "{r:?}");
+    }
+    assert_eq!(p.n[1].d.get(65536, 4096), &[0x22; 4096][..]);
+    assert_eq!(p.n[1].d.get(131072, 4096), &before[..], "not written");
+    // The metadata was left clean, with what the disk holds in sync.
+    let sb = p.n[1].d.superblock();
+    assert!(sb.flags.contains(MdFlags::AL_CLEAN), "{:?}", sb.flags);
+    assert!(sb.flags.contains(MdFlags::CONSISTENT));
+    // The refused write is out of sync on the Primary, and so is the one the detach waited
+    // for: its epoch's barrier ack came after the peer's disk went.
+    assert!(p.n[0].e.bitmap.any(16..17) && p.n[0].e.bitmap.any(32..33));
+    assert_eq!(p.n[0].e.out_of_sync_blocks(), 2);
+    // Writes go on to the Primary's disk only, then the disk comes back and catches up.
+    p.submit(0, write(1 << 20, 0x44, 8192));
+    assert_eq!(p.n[0].e.out_of_sync_blocks(), 4);
+    let disk = p.n[1].d.on_disk();
+    p.n[1].e.reattach(disk).unwrap();
+    p.settle();
+    assert_eq!(p.conns(), (ConnState::Connected, ConnState::Connected));
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    assert!(
+        p.n[1].logged("Began resync as SyncTarget"),
+        "{:?}",
+        p.n[1].logs()
+    );
+    p.assert_identical();
+}
+
+#[test]
+fn a_primary_detaches_while_its_peer_is_up_to_date_and_serves_from_it() {
+    let mut p = Pair::synced(Protocol::C);
+    p.submit(0, write(0, 0x5C, 8192));
+    p.n[0].e.command(Command::Detach, false).unwrap();
+    p.settle();
+    assert_eq!(p.disks(), (DiskState::Diskless, DiskState::UpToDate));
+    assert_eq!(p.n[0].e.state().role, Role::Primary);
+    let r = p.submit(
+        0,
+        Request::Read {
+            offset: 0,
+            len: 8192,
+        },
+    );
+    assert_eq!(
+        p.n[0].completions.last(),
+        Some(&(r, Ok(Some(Bytes::from(vec![0x5C; 8192])))))
+    );
+    p.submit(0, write(4096, 0x6D, 4096));
+    assert_eq!(p.n[1].d.get(4096, 4096), &[0x6D; 4096][..]);
+    // Detaching a Diskless node does nothing, as in DRBD.
+    p.n[0].e.command(Command::Detach, false).unwrap();
+    let disk = p.n[0].d.on_disk();
+    p.n[0].e.reattach(disk).unwrap();
+    p.settle();
+    assert_eq!(p.disks(), (DiskState::UpToDate, DiskState::UpToDate));
+    p.assert_identical();
+}
+
+#[test]
+fn a_primary_without_a_peer_keeps_its_disk() {
+    let mut p = Pair::synced(Protocol::C);
+    p.cut();
+    assert_eq!(
+        p.n[0].e.command(Command::Detach, false),
+        Err(StateChangeError::NoUpToDateDisk.into())
+    );
+    assert_eq!(p.n[0].e.state().disk, DiskState::UpToDate);
+    // A Secondary alone may detach; its metadata is left clean.
+    p.n[1].e.command(Command::Detach, false).unwrap();
+    p.settle();
+    assert_eq!(p.n[1].e.state().disk, DiskState::Diskless);
+    assert!(p.n[1].d.superblock().flags.contains(MdFlags::AL_CLEAN));
+}

@@ -719,12 +719,19 @@ impl Engine {
     /// this copy moves on alone in a new generation. Returns whether one began. tandem also
     /// counts a SyncSource losing its target (which keeps pdsk Inconsistent): the target may
     /// have finished unseen (a one-way partition) and be promoted on its own.
-    fn new_current_on_peer_data_loss(&mut self, old: NodeState) -> bool {
+    pub(super) fn new_current_on_peer_data_loss(&mut self, old: NodeState) -> bool {
         let source_lost = matches!(old.conn, ConnState::SyncSource | ConnState::PausedSyncS)
             && self.state.conn < ConnState::Connected;
-        if !((lost_contact_to_peer_data(old.pdsk, self.state.pdsk) || source_lost)
-            && self.sb.uuids.needs_new_current_on_peer_loss(&self.state))
-        {
+        // tandem also counts a peer promoted without its disk (detached while Secondary): its
+        // writes reach only this copy from now on. 8.4 keeps the generation, and an attach
+        // of the peer's disk later finds equal UUIDs and resyncs nothing.
+        let diskless_peer_promoted = old.peer != Role::Primary
+            && self.state.peer == Role::Primary
+            && self.state.pdsk <= DiskState::Failed;
+        let lost = lost_contact_to_peer_data(old.pdsk, self.state.pdsk)
+            || source_lost
+            || diskless_peer_promoted;
+        if !(lost && self.sb.uuids.needs_new_current_on_peer_loss(&self.state)) {
             return false;
         }
         let random = self.rng.next_u64();
@@ -1090,6 +1097,12 @@ impl Engine {
     }
 
     fn on_sync_uuid(&mut self, uuid: Uuid) {
+        if self.state.disk <= DiskState::Failed {
+            // The disk went (an I/O error) while a full sync towards it was being agreed:
+            // our P_STATE tells the source, which ends the resync it began.
+            self.log("P_SYNC_UUID ignored: no disk to sync to".into());
+            return;
+        }
         if self.peer.as_ref().map(|p| p.phase) != Some(Phase::WaitSyncUuid) {
             self.protocol_error("P_SYNC_UUID while not waiting for it".into());
             return;
@@ -1405,9 +1418,13 @@ impl Engine {
 
     /// Issues waiting peer writes that no in-flight write overlaps, in arrival order.
     pub(super) fn admit_peer_writes(&mut self) {
+        if self.state.disk <= DiskState::Failed {
+            self.refuse_waiting_peer_writes();
+            return;
+        }
         // A superblock that changes what this disk claims (Inconsistent, a sync UUID) is
-        // durable before the writes that depend on it.
-        if self.gating_superblocks > 0 && self.state.disk > DiskState::Failed {
+        // durable before the writes that depend on it; a detach waits for a quiet disk.
+        if self.gating_superblocks > 0 || self.detaching() {
             return;
         }
         let mut still: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
@@ -1451,6 +1468,31 @@ impl Engine {
             self.op(OpFor::PeerWrite(key), kind);
         }
         self.peer_wait = still;
+    }
+
+    /// The disk went while these peer writes waited for it: refused, as writes that reach a
+    /// node without a disk are.
+    fn refuse_waiting_peer_writes(&mut self) {
+        for key in std::mem::take(&mut self.peer_wait) {
+            let Some(w) = self.peer_writes.remove(&key) else {
+                continue;
+            };
+            if w.resync {
+                self.rs_write_done(w.link, w.id, w.offset, w.len, false);
+            } else {
+                let sector = Sector(w.offset / Sector::SIZE);
+                self.peer_write_finished(
+                    w.link,
+                    w.id,
+                    w.epoch,
+                    sector,
+                    w.len as u32,
+                    w.flags,
+                    false,
+                    false,
+                );
+            }
+        }
     }
 
     pub(super) fn peer_write_done(&mut self, key: u64, result: super::DiskResult) {
@@ -1515,7 +1557,7 @@ impl Engine {
     }
 
     /// [`Engine::peer_write_finished`] for a mirrored write that reached the disk (or failed).
-    fn finish_peer_write(&mut self, w: &PeerWrite, ok: bool) {
+    pub(super) fn finish_peer_write(&mut self, w: &PeerWrite, ok: bool) {
         let sector = Sector(w.offset / Sector::SIZE);
         self.peer_write_finished(
             w.link,
@@ -1731,38 +1773,13 @@ impl Engine {
                         "disk( {} -> Failed ): on-io-error detach",
                         self.state.disk
                     ));
-                    self.detach_after_error();
+                    self.drop_disk();
                     if self.cfg.on_io_error == super::OnIoError::CallLocalIoError {
                         self.emit_handler(super::Handler::LocalIoError);
                     }
                 }
             }
         }
-    }
-
-    /// The disk goes Failed, then Diskless; the peer learns it and keeps the bits.
-    pub(super) fn detach_after_error(&mut self) {
-        self.abort_resync();
-        if std::mem::take(&mut self.announce_pending) {
-            // The report a handshake waits for goes out now, with the disk that failed.
-            self.send_uuids(UuidFlags::default());
-        }
-        self.force_state(|s| s.disk = DiskState::Failed);
-        self.force_state(|s| s.disk = DiskState::Diskless);
-        self.meta_queue.clear();
-        self.gating_superblocks = 0;
-        // Writes whose record in the bitmap will never be durable now: refused.
-        for (_, w) in std::mem::take(&mut self.acks_after_bitmap) {
-            self.finish_peer_write(&w, false);
-        }
-        if let Some((_, req)) = self.staged.take() {
-            // Its AL transaction no longer matters.
-            self.issue(req);
-        }
-        self.out.push_back(Output::Event(super::Event::Detached));
-        self.send_state();
-        self.release_writes_held_for_sync();
-        self.maybe_finish_down();
     }
 
     pub(super) fn on_data_request(&mut self, id: u64, sector: Sector, len: u32) {
@@ -1783,7 +1800,7 @@ impl Engine {
         let end = (offset + u64::from(len)).div_ceil(BLOCK_BYTES);
         let good = self.state.disk == DiskState::UpToDate
             || (self.state.disk > DiskState::Failed && !self.bitmap.any(first..end));
-        if !good {
+        if !good || self.detaching() {
             self.send(Packet::NegDataReply { id, sector, len });
             return;
         }

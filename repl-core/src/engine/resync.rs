@@ -311,7 +311,7 @@ impl Engine {
         let Some(link) = self.peer.as_ref().map(|p| p.gen) else {
             return;
         };
-        if self.state.disk < DiskState::UpToDate {
+        if self.state.disk < DiskState::UpToDate || self.detaching() {
             self.send(Packet::RsNegReply { id, sector, len });
             return;
         }
