@@ -271,12 +271,7 @@ impl Daemon {
     /// `connect`, with `--discard-my-data` for the next connection only; the connection is
     /// the resource's, so every volume takes part.
     async fn connect(&self, res: &str, discard_my_data: bool) -> Result<Reply, ControlError> {
-        let mut hs = self.handles_of(split_target(res).0)?;
-        if hs.iter().any(|h| !h.shared.is_detached()) {
-            // Detached volumes join the connection when they are attached again.
-            hs.retain(|h| !h.shared.is_detached());
-        }
-        for h in hs {
+        for h in self.handles_of(split_target(res).0)? {
             let (reply, rx) = oneshot::channel();
             let gone = || not_up(&h.shared.name);
             h.control
@@ -390,7 +385,7 @@ impl Daemon {
         &self,
         eff: &EffectiveResource,
         vol: &EffectiveVolume,
-    ) -> Result<Prepared, ControlError> {
+    ) -> Result<Attachment, ControlError> {
         let backing = match vol.disk {
             Some(_) => {
                 let name = eff.name.clone();
@@ -450,15 +445,12 @@ impl Daemon {
         let Some(backing) = backing else {
             let engine = repl_core::engine::Engine::diskless(cfg)
                 .map_err(|e| ControlError::new(10, format!("{}: {e}", vol.minor)))?;
-            return Ok(Prepared {
-                attachment: Attachment {
-                    engine,
-                    data: None,
-                    meta: None,
-                    size: 0,
-                    degraded: false,
-                },
-                context,
+            return Ok(Attachment {
+                engine,
+                data: None,
+                meta: None,
+                size: 0,
+                degraded: false,
             });
         };
         // DRBD's USE_DEGR_WFC_T: the metadata says Primary, and not connected.
@@ -474,15 +466,12 @@ impl Daemon {
         } = backing;
         let engine = repl_core::engine::Engine::attach(cfg, on_disk)
             .map_err(|e| ControlError::new(10, format!("{}: {e}", vol.minor)))?;
-        Ok(Prepared {
-            attachment: Attachment {
-                engine,
-                data: Some(data),
-                meta: Some(meta),
-                size,
-                degraded,
-            },
-            context,
+        Ok(Attachment {
+            engine,
+            data: Some(data),
+            meta: Some(meta),
+            size,
+            degraded,
         })
     }
 
@@ -501,14 +490,13 @@ impl Daemon {
         let mut started = Vec::new();
         let mut result = Ok(());
         for vol in vols {
-            let p = match self.prepare(eff, vol).await {
-                Ok(p) => p,
+            let a = match self.prepare(eff, vol).await {
+                Ok(a) => a,
                 Err(e) => {
                     result = Err(e);
                     break;
                 }
             };
-            let a = p.attachment;
             let shared = Arc::new(Shared::new(&eff.name, vol.vnr, vol.minor, a.size));
             shared.set_degraded(a.degraded);
             let (attached, attached_rx) = oneshot::channel();
@@ -532,7 +520,6 @@ impl Daemon {
                         .unwrap_or_default(),
                     commands: eff.handlers.clone(),
                 },
-                p.context,
             );
             self.registry.install(&eff.name, handle.clone());
             started.push((handle, attached_rx));
@@ -573,10 +560,7 @@ impl Daemon {
         for h in self.handles_of(res)? {
             let (reply, rx) = oneshot::channel();
             h.control
-                .send(Control::Detach {
-                    force: false,
-                    reply,
-                })
+                .send(Control::Detach { reply })
                 .await
                 .map_err(|_| not_up(res))?;
             rx.await.map_err(|_| not_up(res))??;
@@ -630,48 +614,33 @@ impl Daemon {
         h: &resource::Handle,
     ) -> Result<(), ControlError> {
         let res = &eff.name;
-        if !h.shared.is_detached() {
-            // The engine runs: attached already, or diskless after an I/O error, when it
-            // takes the reopened disk itself.
-            let (reply, rx) = oneshot::channel();
-            let probe = Control::Status { reply };
-            h.control.send(probe).await.map_err(|_| not_up(res))?;
-            let st = rx.await.map_err(|_| not_up(res))?;
-            if st.state.disk > DiskState::Diskless {
-                return Err(ControlError::new(
-                    10,
-                    format!("{}: {}", vol.minor, StateChangeError::DiskConfigured),
-                ));
-            }
-            info!(
-                "block drbd{}: attaching {} again (resource {res}, volume {})",
-                vol.minor,
-                vol.disk.as_deref().unwrap_or("none"),
-                vol.vnr
-            );
-            let (name, v) = (eff.name.clone(), vol.clone());
-            let backing = blocking(move || crate::disk::open_volume(&name, &v)).await?;
-            let (reply, rx) = oneshot::channel();
-            let msg = Control::Reattach {
-                backing: Box::new(backing),
-                reply,
-            };
-            h.control.send(msg).await.map_err(|_| not_up(res))?;
-            return rx.await.unwrap_or_else(|_| {
-                Err(ControlError::new(
-                    E_EXEC_ERROR,
-                    format!("{res}: the resource task ended while attaching"),
-                ))
-            });
-        }
-        let p = self.prepare(eff, vol).await?;
+        // The engine runs without its disk (after `detach` or an I/O error) and takes the
+        // reopened disk itself.
         let (reply, rx) = oneshot::channel();
-        let msg = Control::Attach {
-            attachment: Box::new(p.attachment),
+        let probe = Control::Status { reply };
+        h.control.send(probe).await.map_err(|_| not_up(res))?;
+        let st = rx.await.map_err(|_| not_up(res))?;
+        if st.state.disk > DiskState::Diskless {
+            return Err(ControlError::new(
+                10,
+                format!("{}: {}", vol.minor, StateChangeError::DiskConfigured),
+            ));
+        }
+        info!(
+            "block drbd{}: attaching {} again (resource {res}, volume {})",
+            vol.minor,
+            vol.disk.as_deref().unwrap_or("none"),
+            vol.vnr
+        );
+        let (name, v) = (eff.name.clone(), vol.clone());
+        let backing = blocking(move || crate::disk::open_volume(&name, &v)).await?;
+        let (reply, rx) = oneshot::channel();
+        let msg = Control::Reattach {
+            backing: Box::new(backing),
             reply,
         };
         h.control.send(msg).await.map_err(|_| not_up(res))?;
-        // A re-attach whose metadata write failed goes back to Diskless by itself.
+        // A re-attach whose metadata write fails goes back to Diskless by itself.
         rx.await.unwrap_or_else(|_| {
             Err(ControlError::new(
                 E_EXEC_ERROR,
@@ -755,12 +724,6 @@ pub fn split_target(res: &str) -> (&str, Option<u32>) {
 
 /// `drbdsetup wait-connect`'s exit code when the timeout expires.
 const EXIT_TIMEOUT: i32 = 5;
-
-/// An engine ready for a volume task, with what the task needs besides it.
-struct Prepared {
-    attachment: Attachment,
-    context: Context,
-}
 
 fn not_up(res: &str) -> ControlError {
     ControlError::new(

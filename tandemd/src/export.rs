@@ -82,11 +82,6 @@ impl ExportSource for Exports {
             res.to_string()
         };
         let Some(guard) = handle.shared.try_open() else {
-            if handle.shared.is_detached() {
-                return Err(Refusal::Policy(format!(
-                    "resource {label} has no disk (detached); attach it with drbdadm attach {label}"
-                )));
-            }
             return Err(Refusal::Policy(format!(
                 "resource {label} is Secondary; promote it with drbdadm primary {res}"
             )));

@@ -228,7 +228,7 @@ impl Hub {
         spawn_link(spec, self.clone(), ctl_rx);
     }
 
-    /// Volume `volume` leaves (detached or down). The link stops with the last volume; while
+    /// Volume `volume` leaves (down). The link stops with the last volume; while
     /// others remain, a connection that is up reconnects without it.
     pub fn leave(&self, volume: u16) {
         let mut h = self.lock();
@@ -243,11 +243,6 @@ impl Hub {
         } else if let (Some(ctl), Some(_)) = (&h.ctl, &h.up) {
             let _ = ctl.send(LinkControl::Close { reconnect: true });
         }
-    }
-
-    /// Whether volumes other than `volume` take part in the connection.
-    pub fn shared_with_others(&self, volume: u16) -> bool {
-        self.lock().volumes.keys().any(|&v| v != volume)
     }
 
     /// Passes a control message to the link task, if it runs.

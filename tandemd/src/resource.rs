@@ -15,12 +15,8 @@ use repl_core::engine::{
     CallId, Command, CommandError, DiskResult, Engine, Event, OpId, Output, ReqId, Request,
     RequestError, SubmitError,
 };
-use repl_core::meta::MdFlags;
-use repl_core::state::{
-    ConnState, Context, DiskState, NodeState, Promotion, Role, StateChangeError,
-};
+use repl_core::state::{ConnState, DiskState, NodeState, Role};
 use repl_core::status::Status;
-use repl_core::types::Sector;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
@@ -47,8 +43,6 @@ pub struct Shared {
     closed: Notify,
     /// The node's states for waiters (`wait-connect`); `None` once the resource is down.
     state: watch::Sender<Option<NodeState>>,
-    /// Diskless after `detach` (no engine runs until `attach`).
-    detached: AtomicBool,
     /// The node was a Primary without a connection when it went down, so `wait-connect` uses
     /// `degr-wfc-timeout` (DRBD's `USE_DEGR_WFC_T`), until it connects.
     degraded: AtomicBool,
@@ -65,7 +59,6 @@ impl Shared {
             open: AtomicUsize::new(0),
             closed: Notify::new(),
             state: watch::Sender::new(None),
-            detached: AtomicBool::new(false),
             degraded: AtomicBool::new(false),
         }
     }
@@ -73,11 +66,6 @@ impl Shared {
     /// Usable bytes of the attached disk.
     pub fn size(&self) -> u64 {
         self.size.load(SeqCst)
-    }
-
-    /// Whether the resource is Diskless after `detach`.
-    pub fn is_detached(&self) -> bool {
-        self.detached.load(SeqCst)
     }
 
     /// Whether `wait-connect` uses `degr-wfc-timeout`.
@@ -167,19 +155,12 @@ pub enum Control {
     Status {
         reply: oneshot::Sender<Status>,
     },
-    /// `detach`: the engine's `Down` path, after which the task stays, Diskless. `force` skips
-    /// the state check (a failed re-attach goes back to Diskless).
+    /// `detach`: the engine goes Diskless and stays up ([`Command::Detach`]); answered once
+    /// the metadata is clean and the disk released.
     Detach {
-        force: bool,
         reply: oneshot::Sender<Result<(), ControlError>>,
     },
-    /// `attach` of a Diskless resource: the new engine and its devices; `reply` is answered
-    /// once the attach's metadata is durable.
-    Attach {
-        attachment: Box<Attachment>,
-        reply: oneshot::Sender<Result<(), ControlError>>,
-    },
-    /// `attach` of a volume whose engine runs without its disk (detached after an I/O
+    /// `attach` of a volume whose engine runs without its disk (after `detach` or an I/O
     /// error): the reopened devices and metadata go to the running engine
     /// ([`Engine::reattach`]); `reply` is answered once the attach's metadata is durable.
     Reattach {
@@ -338,30 +319,21 @@ pub struct Task {
     /// The engine's time origin.
     origin: tokio::time::Instant,
     handlers: crate::handlers::Handlers,
-    /// The resource's configuration facts the state rules read (`device_open` is filled in
-    /// per command).
-    context: Context,
-    /// A `detach` in progress: the connection state before it, and who waits for it.
-    detaching: Option<ConnState>,
+    /// Who waits for a `detach` to finish.
     detach_waiters: Vec<oneshot::Sender<Result<(), ControlError>>>,
-    /// Diskless after `detach`: the state shown until the next `attach`.
-    detached: Option<NodeState>,
     /// Connect once the attach is durable (false after the operator's `disconnect`).
     autoconnect: bool,
     /// `connect --discard-my-data` was given and no connection has used it yet: it goes to
     /// the link task with the connect (or when the task starts), and the flag the handshake
     /// actually carried comes back with the link's `Up`, which clears it.
     discard_my_data: bool,
-    /// The current engine was attached to a Diskless resource: if its metadata write fails,
-    /// the resource goes back to Diskless.
-    reattached: bool,
 }
 
 /// A volume's side of its resource's peer link.
 struct PeerLink {
     hub: Arc<Hub>,
     events: mpsc::UnboundedSender<LinkEvent>,
-    /// The volume has joined the hub (from the first connect until detach or down).
+    /// The volume has joined the hub (from the first connect until down).
     joined: bool,
     /// The connection the engine is attached to, and where its packets go.
     conn: u64,
@@ -381,7 +353,6 @@ pub fn spawn(
     board: Arc<StatusBoard>,
     link: Option<Arc<Hub>>,
     handlers: crate::handlers::Handlers,
-    context: Context,
 ) -> Handle {
     let (control_tx, control_rx) = mpsc::channel(16);
     let (io_tx, io_rx) = mpsc::channel(256);
@@ -416,13 +387,9 @@ pub fn spawn(
         link,
         origin: tokio::time::Instant::now(),
         handlers,
-        context,
-        detaching: None,
         detach_waiters: Vec::new(),
-        detached: None,
         autoconnect: true,
         discard_my_data: false,
-        reattached: false,
     };
     shared.publish_state(Some(task.engine.state()));
     tokio::spawn(task.run(Inputs {
@@ -451,12 +418,7 @@ struct Inputs {
 
 impl Task {
     async fn run(mut self, mut inputs: Inputs) {
-        loop {
-            self.serve(&mut inputs).await;
-            if self.detached.is_none() || !self.diskless(&mut inputs).await {
-                break;
-            }
-        }
+        self.serve(&mut inputs).await;
         self.leave_link();
         // Requests that raced with the end get an error instead of silence.
         let io = &mut inputs.io;
@@ -466,7 +428,7 @@ impl Task {
         }
     }
 
-    /// Drives the attached engine until it is down (or detached).
+    /// Drives the engine until it is down.
     async fn serve(&mut self, inputs: &mut Inputs) {
         if self.engine.state().disk <= DiskState::Diskless {
             // A volume without a disk has no metadata to make durable: it is up now.
@@ -510,258 +472,17 @@ impl Task {
         }
     }
 
-    /// Serves a Diskless resource (after `detach`) until `attach` (true) or `down` (false).
-    async fn diskless(&mut self, inputs: &mut Inputs) -> bool {
-        if !self.down_waiters.is_empty() {
-            // A `down` that arrived while the detach ran.
-            self.gone();
-            return false;
-        }
-        loop {
-            tokio::select! {
-                Some(c) = inputs.control.recv() => match c {
-                    Control::Status { reply } => {
-                        let _ = reply.send(self.diskless_status());
-                    }
-                    Control::Detach { reply, .. } => {
-                        let _ = reply.send(Ok(()));
-                    }
-                    Control::Attach { attachment, reply } => {
-                        self.install(*attachment, reply);
-                        return true;
-                    }
-                    Control::Reattach { reply, .. } => {
-                        // Raced with a detach: the daemon attaches a new engine instead.
-                        let _ = reply.send(Err(ControlError::new(
-                            11,
-                            format!("{}: the disk was detached meanwhile; run drbdadm attach again", self.shared.minor),
-                        )));
-                    }
-                    Control::Command { cmd: Command::Down, reply, .. } => {
-                        info!("{}: down", self.prefix());
-                        self.gone();
-                        let _ = reply.send(Ok(()));
-                        return false;
-                    }
-                    Control::Command { cmd, reply, .. } => {
-                        let r = self.diskless_command(cmd);
-                        let _ = reply.send(r);
-                    }
-                    Control::Connect { discard_my_data, reply } => {
-                        // Diskless and StandAlone, a connect is refused anyway; otherwise it is
-                        // a no-op, which `--discard-my-data` may not be (see `Task::connect`).
-                        let conn = self.detached.unwrap_or(NodeState::DOWN).conn;
-                        let r = if discard_my_data && conn != ConnState::StandAlone {
-                            Err(self.net_configured())
-                        } else {
-                            self.diskless_command(Command::Connect)
-                        };
-                        let _ = reply.send(r);
-                    }
-                },
-                Some(r) = inputs.io.recv() => {
-                    let _ = r.reply.send(Err(submit_error(SubmitError::NotPrimary)));
-                }
-                // A stopped link's last events, and nothing else, can still arrive; so can
-                // handlers of the engine that went.
-                Some(_) = inputs.link.recv() => {}
-                Some(_) = inputs.done.recv() => {}
-                Some(_) = inputs.handlers.recv() => {}
-                else => return false,
-            }
-        }
-    }
-
-    /// What a Diskless resource shows: the counters so far, no disk, no data.
-    fn diskless_status(&self) -> Status {
-        let mut s = self.engine.status();
-        s.state = self.detached.unwrap_or(NodeState::DOWN);
-        s.uuids = repl_core::uuid::GenerationUuids::default();
-        s.flags = MdFlags(0);
-        s.size = Sector(0);
-        s.out_of_sync = 0;
-        s.counters.lo = 0;
-        s.counters.pe = 0;
-        s.counters.ua = 0;
-        s.counters.ap = 0;
-        s.resync = None;
-        s
-    }
-
-    /// An operator command on a Diskless resource, checked with DRBD's state rules.
-    fn diskless_command(&mut self, cmd: Command) -> Result<(), ControlError> {
-        let st = self.detached.unwrap_or(NodeState::DOWN);
-        let ctx = self.context;
-        info!("{}: {}", self.prefix(), describe(cmd));
-        let r: Result<(), CommandError> = match cmd {
-            Command::Primary { force } => match st.promote(force, false, &ctx) {
-                Err(e) => Err(e.into()),
-                Ok(Promotion::Unchanged) => Ok(()),
-                Ok(_) => Err(StateChangeError::NoUpToDateDisk.into()),
-            },
-            Command::Secondary => st.demote(&ctx).map(|_| ()).map_err(Into::into),
-            Command::NewCurrentUuid { .. } => Err(StateChangeError::NoDisk.into()),
-            Command::Outdate | Command::Invalidate => Err(StateChangeError::IsDiskless.into()),
-            Command::InvalidateRemote => Err(StateChangeError::NoDisk.into()),
-            Command::Disconnect => {
-                if st.conn != ConnState::StandAlone {
-                    self.set_detached_state(NodeState {
-                        conn: ConnState::StandAlone,
-                        ..st
-                    });
-                }
-                self.autoconnect = false;
-                self.discard_my_data = false;
-                Ok(())
-            }
-            Command::Connect => {
-                if self.link.is_none() {
-                    Err(CommandError::NoNetConfig)
-                } else if st.conn == ConnState::StandAlone {
-                    return Err(ControlError::new(
-                        10,
-                        format!(
-                            "{}: tandemd connects a resource only with its disk attached; attach it first (drbdadm attach {})",
-                            self.shared.minor, self.shared.name
-                        ),
-                    ));
-                } else {
-                    Ok(())
-                }
-            }
-            Command::Down => Ok(()),
-        };
-        if let Err(e) = &r {
-            warn!("{}: {e}", self.prefix());
-        }
-        r.map_err(|e| self.refusal(e))
-    }
-
-    fn set_detached_state(&mut self, new: NodeState) {
-        let old = self.detached.unwrap_or(NodeState::DOWN);
-        info!("{}: {}", self.prefix(), state_change(&old, &new));
-        self.detached = Some(new);
-        self.shared.publish_state(Some(new));
-        self.board.update(self.diskless_status());
-    }
-
-    /// Takes a new engine and its devices (`attach` of a Diskless resource).
-    fn install(&mut self, a: Attachment, reply: oneshot::Sender<Result<(), ControlError>>) {
-        info!("{}: attaching a new disk", self.prefix());
-        self.engine = a.engine;
-        self.engine_gen += 1;
-        self.data = a.data;
-        self.meta = a.meta;
-        self.shared.size.store(a.size, SeqCst);
-        self.shared.set_degraded(a.degraded);
-        self.shared.detached.store(false, SeqCst);
-        self.attached = Some(reply);
-        self.reattached = true;
-        self.detached = None;
-        self.going_down = false;
-        self.finished = false;
-        self.status_dirty = true;
-        self.counters_dirty = false;
-        self.origin = tokio::time::Instant::now();
-        if let Some(link) = self.link.as_mut() {
-            link.conn = 0;
-            link.tx = None;
-        }
-        self.shared.publish_state(Some(self.engine.state()));
-    }
-
-    /// The resource is gone (`down` of a Diskless resource).
-    fn gone(&mut self) {
-        self.registry
-            .release_volume(&self.shared.name, self.shared.volume);
-        self.board
-            .remove_minor(&self.shared.name, self.shared.minor);
-        self.shared.publish_state(None);
-        info!(
-            "d-con {}: Terminating drbd_w_{}",
-            self.shared.name, self.shared.name
-        );
-        for w in self.down_waiters.drain(..) {
-            let _ = w.send(Ok(()));
-        }
-    }
-
-    /// `detach`: refused as DRBD refuses it (a Primary that would lose its only good data);
-    /// otherwise the engine's `Down` path, answered when the metadata is clean.
-    fn detach(&mut self, force: bool, reply: oneshot::Sender<Result<(), ControlError>>) {
-        if self.detaching.is_some() {
-            self.detach_waiters.push(reply);
-            return;
-        }
-        let st = self.engine.state();
-        let ctx = Context {
-            device_open: self.shared.open.load(SeqCst) > 0,
-            ..self.context
-        };
-        info!("{}: detach", self.prefix());
-        if !force {
-            match st.detach(false, &ctx) {
-                Err(e) => {
-                    warn!("{}: {e}", self.prefix());
-                    let _ = reply.send(Err(self.refusal(e.into())));
-                    return;
-                }
-                // Already Diskless (after an I/O error): nothing to do, as in DRBD.
-                Ok(None) => {
-                    let _ = reply.send(Ok(()));
-                    return;
-                }
-                Ok(Some(_)) if st.role == Role::Primary => {
-                    let msg = format!(
-                        "{}: tandemd cannot keep a Primary running without its disk yet; demote it first (drbdadm secondary {})",
-                        self.shared.minor, self.shared.name
-                    );
-                    warn!("{msg}");
-                    let _ = reply.send(Err(ControlError::new(EXIT_REFUSED, msg)));
-                    return;
-                }
-                Ok(Some(_)) => {}
-            }
-        }
-        match self.engine.command(Command::Down, false) {
-            Ok(()) => {
-                self.going_down = true;
-                self.shared.primary.store(false, SeqCst);
-                self.detaching = Some(st.conn);
-                self.detach_waiters.push(reply);
-            }
+    /// `detach` ([`Command::Detach`]): refused as DRBD refuses it (a Primary that would lose
+    /// its only good data); answered at [`Event::Detached`], or at once when already Diskless.
+    fn detach(&mut self, reply: oneshot::Sender<Result<(), ControlError>>) {
+        match self.command(Command::Detach, false) {
             Err(e) => {
                 let _ = reply.send(Err(self.refusal(e)));
             }
-        }
-    }
-
-    /// The engine finished a `detach`'s `Down`: stop the link and stay, Diskless.
-    fn detach_done(&mut self, before: ConnState) {
-        info!(
-            "{}: disk( {} -> Diskless )",
-            self.prefix(),
-            self.engine.state().disk
-        );
-        self.finished = true;
-        self.shared.primary.store(false, SeqCst);
-        self.shared.detached.store(true, SeqCst);
-        let mut conn = ConnState::StandAlone;
-        self.leave_link();
-        if self.link.is_some() && before != ConnState::StandAlone {
-            // DRBD keeps the connection of a detached device; tandemd's link needs the
-            // engine, so it waits for the next attach.
-            conn = ConnState::WFConnection;
-        }
-        self.autoconnect = conn != ConnState::StandAlone;
-        self.detached = Some(NodeState {
-            conn,
-            ..NodeState::DOWN
-        });
-        self.shared.publish_state(self.detached);
-        self.board.update(self.diskless_status());
-        for w in self.detach_waiters.drain(..) {
-            let _ = w.send(Ok(()));
+            Ok(()) if self.engine.state().disk <= DiskState::Diskless => {
+                let _ = reply.send(Ok(()));
+            }
+            Ok(()) => self.detach_waiters.push(reply),
         }
     }
 
@@ -819,7 +540,7 @@ impl Task {
             .join(vnr, link.events.clone(), self.discard_my_data);
     }
 
-    /// Leaves the resource's link (detach, down); the link stops with its last volume.
+    /// Leaves the resource's link (down); the link stops with its last volume.
     fn leave_link(&mut self) {
         let volume = self.shared.volume;
         if let Some(link) = self.link.as_mut() {
@@ -912,17 +633,13 @@ impl Task {
             Control::Status { reply } => {
                 let _ = reply.send(self.engine.status());
             }
-            Control::Detach { force, reply } => self.detach(force, reply),
+            Control::Detach { reply } => self.detach(reply),
             Control::Connect {
                 discard_my_data,
                 reply,
             } => {
                 let r = self.connect(discard_my_data);
                 let _ = reply.send(r);
-            }
-            Control::Attach { reply, .. } => {
-                // The engine runs: it takes the disk itself (`Reattach`).
-                let _ = reply.send(Err(self.refusal(StateChangeError::DiskConfigured.into())));
             }
             Control::Reattach { backing, reply } => self.reattach(*backing, reply),
             Control::Command {
@@ -1028,7 +745,6 @@ impl Task {
                 self.data = Some(data);
                 self.meta = Some(meta);
                 self.attached = Some(reply);
-                self.reattached = false;
                 self.status_dirty = true;
             }
             Err(e) => {
@@ -1043,16 +759,6 @@ impl Task {
                 )));
             }
         }
-    }
-
-    /// A `detach` of this volume while other volumes of the resource use the connection: its
-    /// engine's disconnect stays local (no `P_DISCONNECT`, no close).
-    fn leaving_alone(&self) -> bool {
-        self.detaching.is_some()
-            && self.link.as_ref().is_some_and(|l| {
-                u16::try_from(self.shared.volume)
-                    .is_ok_and(|v| l.joined && l.hub.shared_with_others(v))
-            })
     }
 
     /// DRBD's refusal of a `connect` on a resource that is not StandAlone.
@@ -1125,19 +831,14 @@ impl Task {
                 }
                 Output::Event(ev) => self.event(ev),
                 Output::Send(p) => {
-                    if p == repl_core::wire::Packet::Disconnect && self.leaving_alone() {
-                        continue;
-                    }
                     if let Some(tx) = self.link.as_ref().and_then(|l| l.tx.as_ref()) {
                         tx.send(p);
                     }
                 }
                 Output::Disconnect { reconnect } => {
-                    let alone = self.leaving_alone();
                     if let Some(link) = self.link.as_mut() {
-                        // The connection is the resource's: every volume loses it, except
-                        // when one volume detaches (it leaves the hub once detached).
-                        if link.tx.take().is_some() && !alone {
+                        // The connection is the resource's: every volume loses it.
+                        if link.tx.take().is_some() {
                             link.hub.control(LinkControl::Close { reconnect });
                         }
                     }
@@ -1185,17 +886,9 @@ impl Task {
                     if !failed && self.autoconnect {
                         self.start_link();
                     }
-                    if failed && self.reattached {
-                        let (reply, _) = oneshot::channel();
-                        self.detach(true, reply);
-                    }
                 }
             }
             Event::Down => {
-                if let Some(before) = self.detaching.take() {
-                    self.detach_done(before);
-                    return;
-                }
                 self.shared.publish_state(None);
                 info!(
                     "{}: disk( {} -> Diskless )",
@@ -1213,14 +906,30 @@ impl Task {
                     "d-con {}: Terminating drbd_w_{}",
                     self.shared.name, self.shared.name
                 );
-                for w in self.down_waiters.drain(..) {
+                // A detach that waited is answered too: the disk is released.
+                for w in self
+                    .down_waiters
+                    .drain(..)
+                    .chain(self.detach_waiters.drain(..))
+                {
                     let _ = w.send(Ok(()));
                 }
             }
-            Event::Detached => warn!(
-                "{}: the backing device failed and was detached",
-                self.prefix()
-            ),
+            Event::Detached => {
+                if self.detach_waiters.is_empty() {
+                    warn!(
+                        "{}: the backing device failed and was detached",
+                        self.prefix()
+                    );
+                }
+                // Released, as DRBD releases a detached backing device; nothing goes to it
+                // any more (operations still out hold their own references).
+                self.data = None;
+                self.meta = None;
+                for w in self.detach_waiters.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+            }
             Event::Handler(h) => self.handlers.run(h),
             Event::HandlerCall { handler, call } => {
                 let (done, gen) = (self.handler_tx.clone(), self.engine_gen);
@@ -1260,6 +969,7 @@ fn describe(cmd: Command) -> String {
         Command::Invalidate => "invalidate".into(),
         Command::InvalidateRemote => "invalidate-remote".into(),
         Command::Down => "down".into(),
+        Command::Detach => "detach".into(),
     }
 }
 

@@ -345,8 +345,10 @@ fn detach_leaves_the_resource_diskless_and_attach_brings_the_disk_back() {
     );
     n.ok(&["secondary", "r0"]);
     n.ok(&["detach", "r0"]);
+    // DRBD's two steps: the disk fails over to Diskless once the metadata is clean.
     assert!(
-        n.log().contains("disk( UpToDate -> Diskless )"),
+        n.log().contains("disk( UpToDate -> Failed )")
+            && n.log().contains("disk( Failed -> Diskless )"),
         "{}",
         n.log()
     );

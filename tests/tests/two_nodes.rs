@@ -1,7 +1,8 @@
 //! Two daemons on loopback (127.0.0.1 and 127.0.0.2), driven through the real `drbdadm`:
 //! DRBD's first-sync and skip-sync workflows, a reconnect that resyncs only what changed, the
 //! Primary killed during a verified fio job, a wrong shared secret, a peer that is too small, a
-//! split brain recovered by hand with `connect --discard-my-data`, `invalidate-remote`.
+//! split brain recovered by hand with `connect --discard-my-data`, `invalidate-remote`, and a
+//! Primary that detaches and serves through its peer.
 
 use std::process::Command;
 
@@ -556,4 +557,37 @@ fn invalidate_remote_on_the_primary_resyncs_the_whole_peer() {
         "0: State change failed: (-15) Need a connection to start verify or resync\n\
          Command 'drbdsetup-84 invalidate-remote 0' terminated with exit code 11\n"
     );
+}
+
+/// `detach` of a Primary whose peer is UpToDate: it stays Primary and Connected, Diskless,
+/// and its NBD clients read and write through the peer; `attach` brings the disk back as the
+/// target of a resync of what was written meanwhile.
+#[test]
+fn a_detached_primary_serves_through_its_peer_until_attached_again() {
+    if !require("qemu-io", "qemu-utils") {
+        return;
+    }
+    let c = Cluster::new(ClusterOpts::default());
+    c.up();
+    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
+    let (a, b) = (c.node(0), c.node(1));
+    a.ok(&["new-current-uuid", "--clear-bitmap", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    a.ok(&["primary", "r0"]);
+    qemu_io(&a.uri(), &["w -P 0x21 1M 64k", "flush"]);
+    a.ok(&["detach", "r0"]);
+    assert_eq!(a.ok(&["dstate", "r0"]), "Diskless/UpToDate\n");
+    assert_eq!(a.ok(&["role", "r0"]), "Primary/Secondary\n");
+    assert_eq!(a.ok(&["cstate", "r0"]), "Connected\n");
+    qemu_io(&a.uri(), &["r -P 0x21 1M 64k", "w -P 0x32 2M 64k", "flush"]);
+    assert!(filled(b, 2 * MIB, 65536, 0x32), "the write is on the peer");
+    a.ok(&["attach", "r0"]);
+    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    assert!(
+        a.log().contains("Began resync as SyncTarget"),
+        "{}",
+        a.log()
+    );
+    assert!(filled(a, 2 * MIB, 65536, 0x32), "and resynced back");
+    assert!(c.data_identical(DATA));
 }

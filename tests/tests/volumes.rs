@@ -251,8 +251,8 @@ fn a_volume_the_peer_lacks_waits_and_the_others_work() {
     assert_eq!(a.ok(&["cstate", "r0/1"]), "WFReportParams\n");
 }
 
-/// Detaching one volume takes it out of the connection; attaching it brings it back, and what
-/// was written meanwhile is resynced.
+/// Detaching one volume leaves it in the connection, Diskless (DRBD's Connected/Diskless);
+/// attaching it brings it back, and what was written meanwhile is resynced.
 #[test]
 fn one_volume_detaches_and_attaches_while_the_other_works() {
     if !require("qemu-io", "qemu-utils") {
@@ -269,14 +269,38 @@ fn one_volume_detaches_and_attaches_while_the_other_works() {
     }
     a.ok(&["primary", "r0"]);
     b.ok(&["detach", "r0/1"]);
-    assert_eq!(b.ok(&["dstate", "r0/1"]), "Diskless/DUnknown\n");
-    // Volume 0 reconnects without it and goes on replicating.
-    wait_query(a, "cstate", "r0/0", "Connected");
-    wait_query(b, "cstate", "r0/0", "Connected");
+    assert_eq!(
+        b.ok(&["dstate", "r0/1"]),
+        "Diskless/UpToDate
+"
+    );
+    assert_eq!(
+        b.ok(&["cstate", "r0/1"]),
+        "Connected
+"
+    );
+    wait_query(a, "dstate", "r0/1", "UpToDate/Diskless");
+    assert_eq!(
+        a.ok(&["cstate", "r0"]),
+        "Connected
+Connected
+"
+    );
+    assert!(
+        !b.log().contains("reconnecting") && !a.log().contains("connection lost"),
+        "the connection stays: {}",
+        b.log()
+    );
+    let proc = b.proc_drbd();
+    assert!(
+        proc.contains(" 1: cs:Connected ro:Secondary/Primary ds:Diskless/UpToDate C r-----"),
+        "{proc}"
+    );
     qemu_io(&a.uri_of("r0/0"), &["w -P 0x44 0 64k", "flush"]);
     assert_eq!(read_at(&b.disks[0], 0, 65536), vec![0x44; 65536]);
     qemu_io(&a.uri_of("r0/1"), &["w -P 0x55 0 64k", "flush"]);
     assert_eq!(read_at(&b.disks[1], 0, 65536), vec![0u8; 65536]);
+    assert!(a.proc_drbd().contains("oos:64"), "{}", a.proc_drbd());
     // `adjust` attaches just the detached volume.
     let plan = b.ok(&["-d", "adjust", "r0"]);
     assert!(
