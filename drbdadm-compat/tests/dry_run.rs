@@ -96,12 +96,14 @@ fn dry_runs_match_drbdadm_84() {
 }
 
 /// `RES/VOL` (and `minor-N`) for every volume of the multi-volume corpus resources: the per-volume commands
-/// print that volume's lines, the whole-resource ones refuse as drbdadm-84 refuses.
+/// (`up` among them) print that volume's lines, the whole-resource ones refuse as drbdadm-84
+/// refuses.
 #[test]
 fn volume_dry_runs_match_drbdadm_84() {
     let Some(_) = oracle() else { return };
     let run_dir = std::env::temp_dir().join(format!("tandem-dry-run-vol-{}", std::process::id()));
     let mut compared = 0;
+    let mut up_volume = 0;
     for f in files("v84") {
         let d = f.parent().unwrap();
         let n = f.file_name().unwrap().to_string_lossy().into_owned();
@@ -152,9 +154,18 @@ fn volume_dry_runs_match_drbdadm_84() {
                         got.stderr
                     );
                     compared += 1;
+                    if cmd == &["up"] && id.contains('/') {
+                        // `up RES/VOL`: new-resource, that volume's new-minor and attach, connect.
+                        assert!(got.stdout.contains("new-minor"), "{}", got.stdout);
+                        up_volume += 1;
+                    }
                 }
             }
         }
     }
     assert!(compared > 50, "compared {compared} dry runs");
+    assert!(
+        up_volume >= 2,
+        "compared {up_volume} dry runs of up RES/VOL"
+    );
 }

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::export::Exports;
-use crate::resource::{self, Attachment, Control, Registry, Shared};
+use crate::resource::{self, Attachment, Busy, Control, Registry, Shared};
 use crate::status_file::StatusBoard;
 
 /// How long `secondary` and `down` wait for NBD sessions that are closing (the client has
@@ -217,20 +217,26 @@ impl Daemon {
     /// `NAME/N`.
     fn handles_of(&self, res: &str) -> Result<Vec<resource::Handle>, ControlError> {
         let (name, volume) = split_target(res);
-        let all = match self.registry.get(name) {
-            Some(Ok(v)) => v,
-            Some(Err(())) => {
-                return Err(ControlError::new(
-                    11,
-                    format!("{name}: in transient state (being brought up); retry"),
-                ))
-            }
-            None => return Err(not_up(name)),
+        let Some(vols) = self.registry.get(name) else {
+            return Err(not_up(name));
         };
+        // A whole-resource command waits for the volumes being brought up; one volume's
+        // command only for that volume.
+        let starting = match volume {
+            None => !vols.starting.is_empty(),
+            Some(v) => vols.starting.contains(&v),
+        };
+        if starting {
+            return Err(transient(res, "being brought up"));
+        }
         match volume {
-            None => Ok(all),
+            None => Ok(vols.up),
             Some(v) => {
-                let one: Vec<_> = all.into_iter().filter(|h| h.shared.volume == v).collect();
+                let one: Vec<_> = vols
+                    .up
+                    .into_iter()
+                    .filter(|h| h.shared.volume == v)
+                    .collect();
                 if one.is_empty() {
                     return Err(ControlError::new(
                         10,
@@ -290,20 +296,21 @@ impl Daemon {
     /// down; the first refusal is reported.
     async fn down(&self, res: &str) -> Result<(), ControlError> {
         let name = split_target(res).0;
-        match self.registry.get(name) {
-            None => Ok(()),
-            Some(_) => {
-                let mut first = Ok(());
-                for h in self.handles_of(name)? {
-                    h.shared.wait_closed(CLOSE_GRACE).await;
-                    let r = self.send(&h, Command::Down).await;
-                    if first.is_ok() {
-                        first = r;
-                    }
-                }
-                first
+        // No volume is added to the resource until this `down` is over.
+        let (hs, _downing) = match self.registry.begin_down(name) {
+            None => return Ok(()),
+            Some(Err(())) => return Err(transient(name, "being brought up")),
+            Some(Ok(x)) => x,
+        };
+        let mut first = Ok(());
+        for h in hs {
+            h.shared.wait_closed(CLOSE_GRACE).await;
+            let r = self.send(&h, Command::Down).await;
+            if first.is_ok() {
+                first = r;
             }
         }
+        first
     }
 
     async fn status(&self) -> Vec<repl_core::status::Status> {
@@ -352,29 +359,48 @@ impl Daemon {
         Ok((eff, vols))
     }
 
+    /// `up RES` or `up RES/VOL`. A volume of a resource that is already up is added to it:
+    /// its task joins the resource's peer link (the hub the registry keeps), and a connection
+    /// that is up reconnects so that the handshake includes the new volume (where tandem
+    /// departs from DRBD, which adds the minor to the live connection). `up RES` with some
+    /// volumes up brings up the missing ones (drbdadm would run into the existing minors and
+    /// fail on them); it is refused, as a second `up` is, only when every volume is up.
     async fn up(self: Arc<Self>, config: PathBuf, res: String) -> Result<(), ControlError> {
-        if split_target(&res).1.is_some() {
-            return Err(ControlError::new(
-                10,
-                format!(
-                    "{res}: tandemd brings up whole resources; run drbdadm up {}",
-                    split_target(&res).0
-                ),
-            ));
-        }
         let (eff, vols) = self.load(&config, &res).await?;
-        if !self.registry.reserve(&res) {
-            return Err(ControlError::new(
-                10,
-                format!(
-                    "{}: Failure: (124) Device is attached to a disk (use detach first); {res} is already up",
-                    vols[0].minor
-                ),
-            ));
+        let name = eff.name.clone();
+        let spec = match vols.first() {
+            Some(v) => crate::peer_config::peer_setup(&eff, v)?.map(|(_, spec)| spec),
+            None => None,
+        };
+        let wanted: Vec<u32> = vols.iter().map(|v| v.vnr).collect();
+        let claim = match self.registry.reserve(&name, &wanted, |n| {
+            spec.map(|spec| crate::link::Hub::new(spec, n))
+        }) {
+            Ok(c) => c,
+            Err(Busy::Up) => {
+                return Err(ControlError::new(
+                    10,
+                    format!(
+                        "{}: Failure: (124) Device is attached to a disk (use detach first); {res} is already up",
+                        vols[0].minor
+                    ),
+                ))
+            }
+            Err(Busy::GoingDown) => return Err(transient(&name, "being taken down")),
+        };
+        let vols: Vec<EffectiveVolume> = vols
+            .into_iter()
+            .filter(|v| claim.volumes.contains(&v.vnr))
+            .collect();
+        if claim.volumes.len() < wanted.len() {
+            info!(
+                "{name}: bringing up volume(s) {:?}; the others are up already",
+                claim.volumes
+            );
         }
-        let r = self.clone().attach(&eff, &vols).await;
+        let r = self.clone().attach(&eff, &vols, claim.hub).await;
         if r.is_err() {
-            self.registry.release(&res);
+            self.registry.release(&name, &claim.volumes);
         }
         r
     }
@@ -475,18 +501,14 @@ impl Daemon {
         })
     }
 
-    /// Starts a task per volume, all sharing the resource's peer link, and waits until every
-    /// volume is attached; on a failure, every volume goes down again.
+    /// Starts a task per volume, all sharing the resource's peer link `hub`, and waits until
+    /// every volume is attached; on a failure, every volume started here goes down again.
     async fn attach(
         self: Arc<Self>,
         eff: &EffectiveResource,
         vols: &[EffectiveVolume],
+        hub: Option<Arc<crate::link::Hub>>,
     ) -> Result<(), ControlError> {
-        let hub = match vols.first() {
-            Some(v) => crate::peer_config::peer_setup(eff, v)?
-                .map(|(_, spec)| crate::link::Hub::new(spec, vols.len())),
-            None => None,
-        };
         let mut started = Vec::new();
         let mut result = Ok(());
         for vol in vols {
@@ -549,7 +571,6 @@ impl Daemon {
                     let _ = tokio::time::timeout(DOWN_LIMIT, rx).await;
                 }
             }
-            self.registry.release(&eff.name);
         }
         result
     }
@@ -574,8 +595,10 @@ impl Daemon {
         let (eff, vols) = self.load(&config, &res).await?;
         let name = split_target(&res).0.to_string();
         let hs = match self.registry.get(&name) {
-            Some(Ok(hs)) => hs,
-            Some(Err(())) => return Err(self.handles_of(&name).unwrap_err()),
+            Some(v) if vols.iter().any(|x| v.starting.contains(&x.vnr)) => {
+                return Err(transient(&res, "being brought up"))
+            }
+            Some(v) => v.up,
             None => {
                 return Err(ControlError::new(
                     10,
@@ -590,7 +613,10 @@ impl Daemon {
             let Some(h) = hs.iter().find(|h| h.shared.volume == vol.vnr) else {
                 return Err(ControlError::new(
                     10,
-                    format!("{}: Failure: (127) Device minor not allocated", vol.minor),
+                    format!(
+                        "{}: Failure: (127) Device minor not allocated; run drbdadm up {name}/{}",
+                        vol.minor, vol.vnr
+                    ),
                 ));
             };
             if vol.disk.is_none() {
@@ -724,6 +750,11 @@ pub fn split_target(res: &str) -> (&str, Option<u32>) {
 
 /// `drbdsetup wait-connect`'s exit code when the timeout expires.
 const EXIT_TIMEOUT: i32 = 5;
+
+/// A refusal while the resource is `what` (being brought up or taken down): retry.
+fn transient(res: &str, what: &str) -> ControlError {
+    ControlError::new(11, format!("{res}: in transient state ({what}); retry"))
+}
 
 fn not_up(res: &str) -> ControlError {
     ControlError::new(

@@ -59,12 +59,12 @@ impl ExportSource for Exports {
     fn open(&self, name: &str) -> Result<Export, Refusal> {
         let (res, volume) = volume_of(name);
         let handles = match self.registry.get(res) {
-            Some(Ok(h)) => h,
-            Some(Err(())) => {
+            Some(v) if v.starting.contains(&volume) => {
                 return Err(Refusal::Policy(format!(
                     "resource {res} is being brought up; try again"
                 )))
             }
+            Some(v) => v.up,
             None => {
                 return Err(Refusal::Unknown(format!(
                     "no resource {name:?} is up on this node"

@@ -17,7 +17,8 @@
 //! One connection carries every volume of a resource, as in DRBD 8.4: the volumes' tasks join
 //! the resource's [`Hub`], which starts the link once every volume of `up` has joined, hands
 //! each volume its own end of every connection ([`LinkEvent::Up`]) and routes received frames
-//! by their volume number ([`route`]).
+//! by their volume number ([`route`]). A volume brought up later (`up RES/VOL`) joins the same
+//! hub, which the daemon's registry keeps while the resource is up.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -195,8 +196,10 @@ impl Hub {
     }
 
     /// Volume `volume` takes part in connections from now on. Starts the link once every
-    /// expected volume has joined; a volume that joins a connection already up makes it
-    /// reconnect, so that the handshake includes it.
+    /// expected volume has joined; a volume that joins a connection already up (an `up
+    /// RES/VOL` of a resource that is up) makes it reconnect, so that the handshake includes
+    /// it. DRBD instead adds the minor to the live connection; tandem's volumes each run
+    /// their handshake on a fresh connection.
     pub fn join(
         self: &Arc<Self>,
         volume: u16,
@@ -896,6 +899,31 @@ pub fn secret(
     }
 }
 
+/// A hub for r0 between alpha and beta that waits for `expected` volumes (for tests).
+#[cfg(test)]
+pub(crate) fn test_hub(expected: usize) -> Arc<Hub> {
+    let spec = LinkSpec {
+        config: LinkConfig {
+            resource: "r0".into(),
+            my_node: "alpha".into(),
+            peer_node: "beta".into(),
+            protocol: repl_core::wire::Protocol::C,
+            two_primaries: false,
+            integrity: None,
+            discard_my_data: false,
+            secret: None,
+        },
+        local: "127.0.0.1:1".parse().unwrap(),
+        peer: "127.0.0.2:1".parse().unwrap(),
+        connect_int: Duration::from_secs(1),
+        ping_int: Duration::from_secs(1),
+        ping_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(6),
+        ko_count: 7,
+    };
+    Hub::new(spec, expected)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1019,26 +1047,7 @@ mod tests {
     }
 
     fn hub() -> Arc<Hub> {
-        let spec = LinkSpec {
-            config: LinkConfig {
-                resource: "r0".into(),
-                my_node: "alpha".into(),
-                peer_node: "beta".into(),
-                protocol: repl_core::wire::Protocol::C,
-                two_primaries: false,
-                integrity: None,
-                discard_my_data: false,
-                secret: None,
-            },
-            local: "127.0.0.1:1".parse().unwrap(),
-            peer: "127.0.0.2:1".parse().unwrap(),
-            connect_int: Duration::from_secs(1),
-            ping_int: Duration::from_secs(1),
-            ping_timeout: Duration::from_secs(1),
-            timeout: Duration::from_secs(6),
-            ko_count: 7,
-        };
-        Hub::new(spec, 2)
+        test_hub(2)
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! commands, NBD requests, disk completions and its share of the resource's peer link
 //! ([`crate::link::Hub`]), draining the engine's outputs after every input.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -205,82 +205,269 @@ pub struct Handle {
     pub io: mpsc::Sender<Io>,
 }
 
-/// Resources by name: being brought up, or up with their volumes' tasks.
+/// Resources by name: the volumes that are up, those an `up` is bringing up, and the peer
+/// link they share. One lock makes each step atomic: an `up` claims only volumes that are
+/// neither up nor being brought up, never while a `down` of the resource is under way, and a
+/// `down` starts only when no volume is being brought up, so a volume added to a running
+/// resource is either taken down with it or refused.
 #[derive(Debug, Default)]
 pub struct Registry {
-    map: Mutex<HashMap<String, Slot>>,
+    map: Mutex<HashMap<String, Entry>>,
 }
 
-#[derive(Debug)]
-enum Slot {
-    Starting,
+#[derive(Debug, Default)]
+struct Entry {
     /// Volume tasks in volume order.
-    Up(Vec<Handle>),
+    up: Vec<Handle>,
+    /// Volumes claimed by an `up` whose tasks are not installed yet.
+    starting: BTreeSet<u32>,
+    /// `down`s under way: no volume may be added meanwhile.
+    downs: usize,
+    /// The resource's peer link; every volume that comes up while the resource is up joins
+    /// this one.
+    hub: Option<Arc<Hub>>,
+}
+
+impl Entry {
+    fn is_empty(&self) -> bool {
+        self.up.is_empty() && self.starting.is_empty()
+    }
+}
+
+/// A `down` under way (from [`Registry::begin_down`]); volumes may be added again once it is
+/// dropped, whether the `down` was done or refused.
+#[derive(Debug)]
+pub struct Downing<'a> {
+    registry: &'a Registry,
+    name: &'a str,
+}
+
+impl Drop for Downing<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.registry.lock().get_mut(self.name) {
+            e.downs = e.downs.saturating_sub(1);
+        }
+    }
+}
+
+/// What [`Registry::reserve`] claimed for an `up`.
+#[derive(Debug)]
+pub struct Claim {
+    /// The volumes this `up` brings up, in the order asked.
+    pub volumes: Vec<u32>,
+    /// The resource's peer link (the running one, or the new one for a resource not up).
+    pub hub: Option<Arc<Hub>>,
+}
+
+/// Why [`Registry::reserve`] claimed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// Every volume asked for is up or being brought up.
+    Up,
+    /// A `down` of the resource is under way.
+    GoingDown,
+}
+
+/// A resource's volumes as the registry has them.
+#[derive(Debug, Clone, Default)]
+pub struct Volumes {
+    /// The tasks of the volumes that are up, in volume order.
+    pub up: Vec<Handle>,
+    /// Volumes being brought up.
+    pub starting: Vec<u32>,
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Claims a name for an `up`; false when it is taken.
-    pub fn reserve(&self, name: &str) -> bool {
+    /// Claims for an `up` those of `wanted` that are neither up nor being brought up. A
+    /// resource that is not up gets the link `new_hub(number of volumes claimed)` makes; one
+    /// that is up keeps its own, which the new volumes join.
+    ///
+    /// # Errors
+    /// Nothing is left to claim, or a `down` of the resource is under way.
+    pub fn reserve(
+        &self,
+        name: &str,
+        wanted: &[u32],
+        new_hub: impl FnOnce(usize) -> Option<Arc<Hub>>,
+    ) -> Result<Claim, Busy> {
         let mut m = self.lock();
-        if m.contains_key(name) {
-            return false;
+        let e = m.entry(name.into()).or_default();
+        if e.downs > 0 {
+            return Err(Busy::GoingDown);
         }
-        m.insert(name.into(), Slot::Starting);
-        true
+        let volumes: Vec<u32> = wanted
+            .iter()
+            .copied()
+            .filter(|v| !e.starting.contains(v) && e.up.iter().all(|h| h.shared.volume != *v))
+            .collect();
+        if volumes.is_empty() {
+            if e.is_empty() {
+                m.remove(name);
+            }
+            return Err(Busy::Up);
+        }
+        if e.is_empty() {
+            e.hub = new_hub(volumes.len());
+        }
+        e.starting.extend(&volumes);
+        Ok(Claim {
+            volumes,
+            hub: e.hub.clone(),
+        })
     }
 
-    /// Adds a volume's task to a resource.
+    /// Adds a claimed volume's task to its resource.
     pub fn install(&self, name: &str, h: Handle) {
         let mut m = self.lock();
-        let slot = m.entry(name.into()).or_insert(Slot::Starting);
-        match slot {
-            Slot::Starting => *slot = Slot::Up(vec![h]),
-            Slot::Up(v) => {
-                v.retain(|x| x.shared.volume != h.shared.volume);
-                v.push(h);
-                v.sort_by_key(|x| x.shared.volume);
-            }
-        }
+        let e = m.entry(name.into()).or_default();
+        e.starting.remove(&h.shared.volume);
+        e.up.retain(|x| x.shared.volume != h.shared.volume);
+        e.up.push(h);
+        e.up.sort_by_key(|x| x.shared.volume);
     }
 
-    pub fn release(&self, name: &str) {
-        self.lock().remove(name);
-    }
-
-    /// A volume's task ended; the resource is gone with its last volume.
-    pub fn release_volume(&self, name: &str, volume: u32) {
+    /// Gives back what a failed `up` claimed (and the tasks it installed); the resource is
+    /// gone if nothing else of it is up.
+    pub fn release(&self, name: &str, volumes: &[u32]) {
         let mut m = self.lock();
-        if let Some(Slot::Up(v)) = m.get_mut(name) {
-            v.retain(|x| x.shared.volume != volume);
-            if v.is_empty() {
+        if let Some(e) = m.get_mut(name) {
+            e.starting.retain(|v| !volumes.contains(v));
+            e.up.retain(|h| !volumes.contains(&h.shared.volume));
+            if e.is_empty() {
                 m.remove(name);
             }
         }
     }
 
-    /// The volume tasks of a resource that is up (`Err(())` while it is being brought up).
-    pub fn get(&self, name: &str) -> Option<Result<Vec<Handle>, ()>> {
-        self.lock().get(name).map(|s| match s {
-            Slot::Starting => Err(()),
-            Slot::Up(v) => Ok(v.clone()),
+    /// A volume's task ended; the resource is gone with its last volume.
+    pub fn release_volume(&self, name: &str, volume: u32) {
+        let mut m = self.lock();
+        if let Some(e) = m.get_mut(name) {
+            e.up.retain(|x| x.shared.volume != volume);
+            if e.is_empty() {
+                m.remove(name);
+            }
+        }
+    }
+
+    /// A resource's volumes; `None` when nothing of it is up or being brought up.
+    pub fn get(&self, name: &str) -> Option<Volumes> {
+        self.lock().get(name).map(|e| Volumes {
+            up: e.up.clone(),
+            starting: e.starting.iter().copied().collect(),
         })
+    }
+
+    /// Starts a `down` of the whole resource: its volume tasks, and a guard under which no
+    /// volume is added. `None` when it is not up; `Err` while a volume is being brought up.
+    pub fn begin_down<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Option<Result<(Vec<Handle>, Downing<'a>), ()>> {
+        let mut m = self.lock();
+        let e = m.get_mut(name)?;
+        if !e.starting.is_empty() {
+            return Some(Err(()));
+        }
+        e.downs += 1;
+        Some(Ok((
+            e.up.clone(),
+            Downing {
+                registry: self,
+                name,
+            },
+        )))
     }
 
     /// Every volume of every resource that is up.
     pub fn handles(&self) -> Vec<Handle> {
-        self.lock()
-            .values()
-            .flat_map(|s| match s {
-                Slot::Up(v) => v.clone(),
-                Slot::Starting => Vec::new(),
-            })
-            .collect()
+        self.lock().values().flat_map(|e| e.up.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    fn handle(volume: u32) -> Handle {
+        let (control, _) = mpsc::channel(1);
+        let (io, _) = mpsc::channel(1);
+        Handle {
+            shared: Arc::new(Shared::new("r0", volume, volume, 0)),
+            control,
+            io,
+        }
+    }
+
+    #[test]
+    fn a_volume_added_to_a_running_resource_shares_its_link() {
+        let r = Registry::default();
+        let c = r
+            .reserve("r0", &[1], |n| Some(crate::link::test_hub(n)))
+            .expect("r0/1 is free");
+        assert_eq!(c.volumes, vec![1]);
+        let hub = c.hub.expect("a new link for r0");
+        r.install("r0", handle(1));
+        let c = r
+            .reserve("r0", &[0, 1], |_| panic!("r0 is up: no new link"))
+            .expect("volume 0 is missing");
+        assert_eq!(c.volumes, vec![0], "only the missing volume");
+        assert!(Arc::ptr_eq(&hub, &c.hub.expect("r0's link")));
+        let v = r.get("r0").expect("r0");
+        assert_eq!((v.up.len(), v.starting), (1, vec![0]));
+        assert_eq!(r.reserve("r0", &[0], |_| None).unwrap_err(), Busy::Up);
+        assert_eq!(r.reserve("r0", &[1], |_| None).unwrap_err(), Busy::Up);
+        r.install("r0", handle(0));
+        let up: Vec<u32> = r.handles().iter().map(|h| h.shared.volume).collect();
+        assert_eq!(up, vec![0, 1]);
+    }
+
+    #[test]
+    fn down_and_adding_a_volume_exclude_each_other() {
+        let r = Registry::default();
+        assert!(r.begin_down("r0").is_none(), "nothing is up");
+        r.reserve("r0", &[1], |_| None).expect("free");
+        r.install("r0", handle(1));
+        r.reserve("r0", &[0], |_| None).expect("free");
+        assert!(
+            matches!(r.begin_down("r0"), Some(Err(()))),
+            "no down while a volume comes up"
+        );
+        r.install("r0", handle(0));
+        let (hs, downing) = r.begin_down("r0").expect("up").expect("nothing starting");
+        assert_eq!(hs.len(), 2);
+        r.release_volume("r0", 0);
+        assert_eq!(
+            r.reserve("r0", &[0], |_| None).unwrap_err(),
+            Busy::GoingDown,
+            "no volume joins a resource going down"
+        );
+        drop(downing);
+        r.reserve("r0", &[0], |_| None).expect("the down is over");
+    }
+
+    #[test]
+    fn a_failed_up_gives_back_only_what_it_claimed() {
+        let r = Registry::default();
+        r.reserve("r0", &[1], |_| None).expect("free");
+        r.install("r0", handle(1));
+        r.reserve("r0", &[0], |_| None).expect("free");
+        r.release("r0", &[0]);
+        let v = r.get("r0").expect("volume 1 stays up");
+        assert_eq!((v.up.len(), v.starting.len()), (1, 0));
+        // A volume that is still coming up keeps the resource (and its link) when the last
+        // running one goes.
+        r.reserve("r0", &[0], |_| None).expect("free");
+        r.release_volume("r0", 1);
+        assert_eq!(r.get("r0").expect("r0").starting, vec![0]);
+        r.release("r0", &[0]);
+        assert!(r.get("r0").is_none());
     }
 }
 

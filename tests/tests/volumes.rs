@@ -315,3 +315,154 @@ Connected
     qemu_io(&a.uri_of("r0/0"), &["w -P 0x66 64k 64k", "flush"]);
     assert_eq!(read_at(&b.disks[0], 65536, 65536), vec![0x66; 65536]);
 }
+
+/// `create-md` of every volume on both nodes, nothing up.
+fn two_volumes_created() -> Cluster {
+    let c = two_volumes(vec![]);
+    for i in 0..2 {
+        c.node(i).ok(&["create-md", "--force", "r0"]);
+    }
+    c
+}
+
+/// `up r0/1` brings up volume 1 alone (its task, its export, its status lines, the resource's
+/// connection); `up r0/0` later adds volume 0 to the running resource, and a second `up` of a
+/// volume that is up is refused as a second `up r0` is.
+#[test]
+fn one_volume_comes_up_alone_and_the_other_joins_it_later() {
+    if !require("qemu-io", "qemu-utils") {
+        return;
+    }
+    let c = two_volumes_created();
+    let (a, b) = (c.node(0), c.node(1));
+    for n in [a, b] {
+        n.ok(&["up", "r0/1"]);
+    }
+    for n in [a, b] {
+        wait_query(n, "cstate", "r0/1", "Connected");
+        wait_query(n, "dstate", "r0/1", "Inconsistent/Inconsistent");
+    }
+    // Only volume 1 shows: the per-volume queries say volume 0 is not configured.
+    assert_eq!(a.ok(&["cstate", "r0"]), "Unconfigured\nConnected\n");
+    assert_eq!(a.ok(&["cstate", "r0/0"]), "Unconfigured\n");
+    let proc = a.proc_drbd();
+    assert!(
+        proc.contains(" 1: cs:Connected ro:Secondary/Secondary ds:Inconsistent/Inconsistent C")
+            && !proc.contains(" 0: cs:"),
+        "{proc}"
+    );
+    let status = a.ok(&["status", "r0"]);
+    assert!(
+        status.contains("volume:1 disk:Inconsistent") && !status.contains("volume:0"),
+        "{status}"
+    );
+    a.ok(&["new-current-uuid", "--clear-bitmap", "r0/1"]);
+    for n in [a, b] {
+        wait_query(n, "dstate", "r0/1", "UpToDate/UpToDate");
+    }
+    a.ok(&["primary", "r0/1"]);
+    qemu_io(&a.uri_of("r0/1"), &["w -P 0x77 1M 64k", "flush"]);
+    assert_eq!(read_at(&b.disks[1], MIB, 65536), vec![0x77; 65536]);
+
+    // A second `up` of the volume is refused, naming its minor.
+    let o = a.drbdadm(&["up", "r0/1"]);
+    assert_eq!(o.status.code(), Some(10));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines[0],
+        "1: Failure: (124) Device is attached to a disk (use detach first); r0/1 is already up",
+        "{err}"
+    );
+    // Then the step drbdadm names, as for any failed attach.
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "Command 'drbdsetup-84 attach 1 {}",
+            a.disks[1].display()
+        )),
+        "{err}"
+    );
+
+    // Volume 0 joins the running resource on both nodes: one connection again, both volumes
+    // in it, volume 1 still Primary with its data.
+    for n in [a, b] {
+        n.ok(&["up", "r0/0"]);
+    }
+    for n in [a, b] {
+        for v in ["r0/0", "r0/1"] {
+            wait_query(n, "cstate", v, "Connected");
+        }
+        wait_query(n, "dstate", "r0/0", "Inconsistent/Inconsistent");
+    }
+    assert!(
+        a.log()
+            .contains("volume 0 joins the connection; reconnecting"),
+        "{}",
+        a.log()
+    );
+    wait_query(a, "dstate", "r0/1", "UpToDate/UpToDate");
+    assert_eq!(a.ok(&["role", "r0/1"]), "Primary/Secondary\n");
+    qemu_io(&a.uri_of("r0/1"), &["r -P 0x77 1M 64k"]);
+    a.ok(&["new-current-uuid", "--clear-bitmap", "r0/0"]);
+    wait_query(b, "dstate", "r0/0", "UpToDate/UpToDate");
+    a.ok(&["primary", "r0/0"]);
+    qemu_io(&a.uri_of("r0/0"), &["w -P 0x78 0 64k", "flush"]);
+    qemu_io(&a.uri_of("r0/1"), &["w -P 0x79 2M 64k", "flush"]);
+    assert_eq!(read_at(&b.disks[0], 0, 65536), vec![0x78; 65536]);
+    assert_eq!(read_at(&b.disks[1], 2 * MIB, 65536), vec![0x79; 65536]);
+    assert_eq!(read_at(&b.disks[1], MIB, 65536), vec![0x77; 65536]);
+    assert!(files_equal(&a.disks[1], &b.disks[1], DATA));
+    // Every volume is up now: `up r0` is refused as before.
+    let o = a.drbdadm(&["up", "r0"]);
+    assert_eq!(o.status.code(), Some(10));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).starts_with(
+            "0: Failure: (124) Device is attached to a disk (use detach first); r0 is already up\n"
+        ),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let status = a.ok(&["status", "r0"]);
+    assert!(
+        status.contains("volume:0 disk:UpToDate") && status.contains("volume:1 disk:UpToDate"),
+        "{status}"
+    );
+}
+
+/// `up r0` on alpha while beta has only `r0/1` up: alpha's volume 0 waits in WFReportParams,
+/// beta ignores its configuration packets with DRBD's warning, volume 1 replicates; `up r0`
+/// on beta then brings up just the missing volume 0, which connects.
+#[test]
+fn a_volume_up_on_one_node_only_waits_for_the_peer_to_bring_it_up() {
+    if !require("qemu-io", "qemu-utils") {
+        return;
+    }
+    let c = two_volumes_created();
+    let (a, b) = (c.node(0), c.node(1));
+    b.ok(&["up", "r0/1"]);
+    a.ok(&["up", "r0"]);
+    wait_query(a, "cstate", "r0/1", "Connected");
+    wait_query(b, "cstate", "r0/1", "Connected");
+    b.wait_for("the warning", |n| {
+        n.log()
+            .contains("packet received for volume 0, which is not configured locally")
+    });
+    assert_eq!(a.ok(&["cstate", "r0/0"]), "WFReportParams\n");
+    assert_eq!(b.ok(&["cstate", "r0"]), "Unconfigured\nConnected\n");
+    a.ok(&["new-current-uuid", "--clear-bitmap", "r0/1"]);
+    wait_query(b, "dstate", "r0/1", "UpToDate/UpToDate");
+    a.ok(&["primary", "r0/1"]);
+    qemu_io(&a.uri_of("r0/1"), &["w -P 0x3a 0 64k", "flush"]);
+    assert_eq!(read_at(&b.disks[1], 0, 65536), vec![0x3a; 65536]);
+    assert_eq!(a.ok(&["cstate", "r0/0"]), "WFReportParams\n");
+
+    // `up r0` with volume 1 up brings up volume 0 only.
+    b.ok(&["up", "r0"]);
+    for n in [a, b] {
+        wait_query(n, "cstate", "r0", "Connected\nConnected");
+        wait_query(n, "dstate", "r0/0", "Inconsistent/Inconsistent");
+    }
+    assert_eq!(a.ok(&["role", "r0/1"]), "Primary/Secondary\n");
+    qemu_io(&a.uri_of("r0/1"), &["r -P 0x3a 0 64k"]);
+}
