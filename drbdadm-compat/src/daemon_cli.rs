@@ -392,6 +392,16 @@ fn adjust(
             vec![Step::Up]
         } else {
             let mut v = Vec::new();
+            // Volumes configured here that are not up (a resource brought up by volume).
+            let missing: Vec<u32> = t
+                .volumes
+                .iter()
+                .map(|&(vnr, _)| vnr)
+                .filter(|vnr| !mine.iter().any(|s| s.volume == *vnr))
+                .collect();
+            if !missing.is_empty() {
+                v.push(Step::UpVolumes(missing));
+            }
             // Diskless volumes that have a disk configured (not `disk none` ones).
             let detached: Vec<u32> = mine
                 .iter()
@@ -424,6 +434,16 @@ fn adjust(
                         }
                         if let Some(c) = setup::connect(eff, setup_opts) {
                             staged.push((Stage::Net, c));
+                        }
+                    }
+                    Step::UpVolumes(vols) => {
+                        let mut some = eff.clone();
+                        some.volumes.retain(|v| vols.contains(&v.vnr));
+                        for v in &some.volumes {
+                            staged.push((Stage::DiskPrereq, setup::new_minor(&some, v)));
+                        }
+                        for a in setup::attach_steps(&some, setup_opts) {
+                            staged.push((Stage::Disk, a));
                         }
                     }
                     Step::Attach(vols) => {
@@ -471,6 +491,18 @@ fn adjust(
                     },
                     "up",
                 )],
+                Step::UpVolumes(vols) => vols
+                    .iter()
+                    .map(|v| {
+                        (
+                            Op::Up {
+                                config: config_path.to_path_buf(),
+                                resource: format!("{}/{v}", t.name),
+                            },
+                            "up",
+                        )
+                    })
+                    .collect(),
                 Step::Attach(vols) if vols.len() == t.volumes.len() => vec![(
                     Op::Attach {
                         config: config_path.to_path_buf(),
@@ -517,6 +549,8 @@ fn adjust(
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
     Up,
+    /// Bring up these volumes of a resource that is up (`new-minor` and `attach`).
+    UpVolumes(Vec<u32>),
     /// Attach these Diskless volumes.
     Attach(Vec<u32>),
     Connect,

@@ -384,11 +384,18 @@ fn one_volume_comes_up_alone_and_the_other_joins_it_later() {
         "{err}"
     );
 
-    // Volume 0 joins the running resource on both nodes: one connection again, both volumes
-    // in it, volume 1 still Primary with its data.
-    for n in [a, b] {
-        n.ok(&["up", "r0/0"]);
-    }
+    // Volume 0 joins the running resource on both nodes (`adjust` on one, which plans just
+    // it): one connection again, both volumes in it, volume 1 still Primary with its data.
+    let plan = b.ok(&["-d", "adjust", "r0"]);
+    assert!(
+        plan.starts_with("drbdsetup-84 new-minor r0 0 0\n")
+            && plan.contains("attach 0 ")
+            && !plan.contains("attach 1 ")
+            && !plan.contains("connect"),
+        "{plan}"
+    );
+    a.ok(&["up", "r0/0"]);
+    b.ok(&["adjust", "r0"]);
     for n in [a, b] {
         for v in ["r0/0", "r0/1"] {
             wait_query(n, "cstate", v, "Connected");
