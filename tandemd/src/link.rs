@@ -389,17 +389,8 @@ enum Ended {
 
 async fn run(mut spec: LinkSpec, hub: Arc<Hub>, mut ctl: mpsc::UnboundedReceiver<LinkControl>) {
     let resource = spec.config.resource.clone();
-    let listener = if spec.accepts() {
-        match bind(spec.local).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                warn!("{resource}: cannot listen on {}: {e}", spec.local);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    // The accepting side's socket, bound by the first `establish` that can.
+    let mut listener = None;
     let mut conn = 0u64;
     let mut paused = false;
     loop {
@@ -414,7 +405,7 @@ async fn run(mut spec: LinkSpec, hub: Arc<Hub>, mut ctl: mpsc::UnboundedReceiver
             }
         }
         let stream = tokio::select! {
-            s = establish(&spec, listener.as_ref()) => s,
+            s = establish(&spec, &mut listener) => s,
             c = ctl.recv() => match c {
                 Some(LinkControl::Close { reconnect: false }) => { paused = true; continue; }
                 Some(LinkControl::Connect { discard_my_data }) => {
@@ -484,13 +475,25 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// One TCP connection with a finished handshake, or `None` after a failed attempt (having
-/// waited `connect-int` where DRBD would).
+/// waited `connect-int` where DRBD would). The accepting side binds `listener` first, and
+/// tries again every `connect-int` while the address is taken (by the link of a resource that
+/// was just taken down, say).
 async fn establish(
     spec: &LinkSpec,
-    listener: Option<&TcpListener>,
+    listener: &mut Option<TcpListener>,
 ) -> Option<(TcpStream, PeerInfo, BytesMut)> {
     let resource = &spec.config.resource;
-    let stream = match listener {
+    if spec.accepts() && listener.is_none() {
+        match bind(spec.local).await {
+            Ok(l) => *listener = Some(l),
+            Err(e) => {
+                warn!("{resource}: cannot listen on {}: {e}; retrying", spec.local);
+                tokio::time::sleep(spec.connect_int).await;
+                return None;
+            }
+        }
+    }
+    let stream = match listener.as_ref() {
         Some(l) => match l.accept().await {
             Ok((s, from)) => {
                 info!("{resource}: connection from {from}");
@@ -968,6 +971,26 @@ mod tests {
         assert!(end.timed_out, "{end:?}");
         assert!(end.reason.contains("sock_sendmsg time expired"), "{end:?}");
         writer.abort();
+    }
+
+    #[tokio::test]
+    async fn the_accepting_side_binds_once_the_address_is_free_again() {
+        // The address is still held (by the link of a resource just taken down, say).
+        let blocker = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut spec = test_hub(1).spec().clone();
+        spec.config.my_node = "beta".into();
+        spec.config.peer_node = "alpha".into();
+        spec.local = blocker.local_addr().expect("addr");
+        spec.connect_int = Duration::from_millis(10);
+        assert!(spec.accepts());
+        let mut listener = None;
+        assert!(establish(&spec, &mut listener).await.is_none());
+        assert!(listener.is_none(), "the address is taken");
+        drop(blocker);
+        // Bound now, it waits for the peer (which never comes here).
+        let waited = timeout(Duration::from_millis(200), establish(&spec, &mut listener)).await;
+        assert!(waited.is_err(), "it accepts, it does not connect");
+        assert!(listener.is_some(), "the freed address is bound");
     }
 
     fn frame(volume: u16, packet: Packet) -> Frame {
