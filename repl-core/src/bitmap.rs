@@ -271,6 +271,19 @@ impl Bitmap {
         Ok(())
     }
 
+    /// This bitmap with `bits` bits: itself when that is its size (no copy), otherwise the
+    /// first `bits` of it, or all of it followed by clean bits.
+    pub fn resized(self, bits: u64) -> Bitmap {
+        if bits == self.bits {
+            return self;
+        }
+        let mut bm = Bitmap::with_bits(bits);
+        let n = bm.words.len().min(self.words.len());
+        bm.words[..n].copy_from_slice(&self.words[..n]);
+        bm.mask_tail();
+        bm
+    }
+
     /// A bitmap of `bits` bits from its on-disk pages, which must cover all of them.
     ///
     /// # Errors

@@ -454,11 +454,13 @@ impl SimDisk {
         let superblock = Superblock::decode(md).map_err(|e| format!("superblock: {e}"))?;
         let al = &self.cur[l.al_start() as usize..(l.al_start() + l.al_bytes()) as usize];
         let bm = &self.cur[l.bm_start() as usize..(l.bm_start() + l.bm_bytes) as usize];
+        let bitmap = repl_core::bitmap::Bitmap::from_bytes(OnDisk::bitmap_bits(&l), bm)
+            .map_err(|e| format!("bitmap: {e}"))?;
         Ok(OnDisk {
             layout: l,
             superblock,
             al_ring: al.to_vec(),
-            bitmap: bm.to_vec(),
+            bitmap,
         })
     }
 }

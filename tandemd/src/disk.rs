@@ -11,6 +11,7 @@ use drbdadm_compat::control::ControlError;
 use drbdadm_compat::res::resolve::{EffectiveVolume, MetaDisk};
 use nbd_server::device::{BlockDevice, ZeroFlags};
 use nbd_server::file::{FileDevice, FileOptions};
+use repl_core::bitmap::{Bitmap, PAGE_BYTES};
 use repl_core::engine::{DiskOp, DiskResult, OnDisk};
 use repl_core::meta::{Layout, MetaError, Placement, Superblock, BLOCK_BYTES, MIN_DEVICE_BYTES};
 use repl_core::types::Sector;
@@ -64,6 +65,33 @@ fn read_at(f: &File, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, Contr
     f.read_exact_at(&mut buf, offset)
         .map_err(|e| fail(format!("cannot read meta data on {path}: {e}")))?;
     Ok(buf)
+}
+
+/// Reads the bitmap of `layout` a megabyte at a time into its decoded form: the whole area
+/// is never in memory twice (a 1 TiB volume's is 32 MiB).
+fn read_bitmap(f: &File, path: &str, layout: &Layout) -> Result<Bitmap, ControlError> {
+    const CHUNK: u64 = 1 << 20;
+    let mut bitmap = Bitmap::with_bits(OnDisk::bitmap_bits(layout));
+    let page = PAGE_BYTES as u64;
+    let need = bitmap.pages() * page;
+    if need > layout.bm_bytes {
+        return Err(fail(format!(
+            "meta data on {path}: the bitmap area ({} bytes) is smaller than the device needs ({need})",
+            layout.bm_bytes
+        )));
+    }
+    let mut done = 0;
+    while done < need {
+        let n = (need - done).min(CHUNK);
+        let bytes = read_at(f, path, layout.bm_start() + done, n)?;
+        for (i, p) in bytes.chunks_exact(PAGE_BYTES).enumerate() {
+            bitmap
+                .decode_page(done / page + i as u64, p)
+                .map_err(|e| fail(format!("meta data on {path}: bitmap: {e}")))?;
+        }
+        done += n;
+    }
+    Ok(bitmap)
 }
 
 /// Opens the devices of `vol` of resource `res` and reads its metadata. Nothing is written.
@@ -133,7 +161,7 @@ pub fn open_volume(res: &str, vol: &EffectiveVolume) -> Result<Backing, ControlE
         )));
     }
     let al_ring = read_at(mf, &md_path, layout.al_start(), layout.al_bytes())?;
-    let bitmap = read_at(mf, &md_path, layout.bm_start(), layout.bm_bytes)?;
+    let bitmap = read_bitmap(mf, &md_path, &layout)?;
     drop(data_file);
     drop(md_file);
     let open = |p: &str| {

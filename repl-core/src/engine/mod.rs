@@ -84,8 +84,20 @@ pub struct OnDisk {
     pub superblock: Superblock,
     /// The whole AL ring, `layout.al_bytes()` long.
     pub al_ring: Vec<u8>,
-    /// The on-disk bitmap area (at least the pages covering the usable size).
-    pub bitmap: Vec<u8>,
+    /// The on-disk bitmap, covering `layout.max_usable` (see [`OnDisk::bitmap_bits`]). The
+    /// reader decodes it page by page, so that its bytes are never held beside it (32 MiB for
+    /// a 1 TiB volume).
+    pub bitmap: Bitmap,
+}
+
+impl OnDisk {
+    /// The bits of the bitmap of a disk laid out as `layout`: one per block of its usable size.
+    pub fn bitmap_bits(layout: &Layout) -> u64 {
+        layout
+            .max_usable
+            .bytes()
+            .div_ceil(crate::bitmap::BLOCK_BYTES)
+    }
 }
 
 /// Why the metadata cannot be attached.
@@ -1364,11 +1376,8 @@ impl Loaded {
             al_ring,
             bitmap,
         } = disk;
-        let bits = size.div_ceil(crate::bitmap::BLOCK_BYTES);
-        let bytes = bitmap;
-        let mut bitmap = Bitmap::from_bytes(bits, &bytes)?;
-        // 32 MiB for a 1 TiB volume: not kept beside the decoded copy.
-        drop(bytes);
+        // No copy unless the device is smaller than the disk (a re-attach while connected).
+        let mut bitmap = bitmap.resized(size.div_ceil(crate::bitmap::BLOCK_BYTES));
         let mut out = VecDeque::new();
         let mut sb = superblock;
         // MDF_CRASHED_PRIMARY keeps the fact across clean restarts until a resync or a

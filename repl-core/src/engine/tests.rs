@@ -59,7 +59,11 @@ impl MemDisk {
             layout: l,
             superblock: self.superblock(),
             al_ring: self.get(l.al_start(), l.al_bytes() as usize).to_vec(),
-            bitmap: self.get(l.bm_start(), l.bm_bytes as usize).to_vec(),
+            bitmap: Bitmap::from_bytes(
+                OnDisk::bitmap_bits(&l),
+                self.get(l.bm_start(), l.bm_bytes as usize),
+            )
+            .unwrap(),
         }
     }
 
