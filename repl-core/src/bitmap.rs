@@ -413,6 +413,19 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn resized_keeps_the_first_bits_and_cleans_the_rest() {
+        let mut a = Bitmap::with_bits(300);
+        a.set_bits(0..300).unwrap();
+        let shrunk = a.clone().resized(130);
+        assert_eq!((shrunk.bits(), shrunk.count()), (130, 130));
+        let grown = shrunk.resized(1000);
+        assert_eq!((grown.bits(), grown.count()), (1000, 130));
+        assert!(!grown.any(130..1000));
+        let same = a.clone().resized(300);
+        assert_eq!(same.words(0..same.word_count()), a.words(0..a.word_count()));
+    }
+
+    #[test]
     fn word_exchange_and_run_scanning() {
         let mut a = Bitmap::with_bits(200);
         a.set_bits(3..5).unwrap();
