@@ -40,10 +40,7 @@ fn wait_peer_disk_gone(node: &ClusterNode) {
 /// Both nodes up and UpToDate without an initial sync (nothing is written to the backing
 /// stores but metadata), node 0 Primary.
 fn synced_primary(c: &Cluster) {
-    c.up();
-    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
-    c.node(0).ok(&["new-current-uuid", "--clear-bitmap", "r0"]);
-    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    c.up_skipping_sync();
     c.node(0).ok(&["primary", "r0"]);
 }
 

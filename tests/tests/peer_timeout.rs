@@ -47,10 +47,7 @@ fn a_secondary_whose_disk_hangs_is_dropped_after_ko_count_times_timeout() {
     put_disk(b, &disk.file);
     // Dropped before the cluster: a daemon stuck on the paused store could not be killed.
     let _resume = disk.resume_on_drop();
-    c.up();
-    c.wait_states("Connected", ["Inconsistent", "Inconsistent"]);
-    a.ok(&["new-current-uuid", "--clear-bitmap", "r0"]);
-    c.wait_states("Connected", ["UpToDate", "UpToDate"]);
+    c.up_skipping_sync();
     a.ok(&["primary", "r0"]);
     qemu_io(&a.uri(), &["w -P 0x11 0 1M"]);
     assert_eq!(count(a, "Remote failed to finish a request"), 0);

@@ -2,10 +2,8 @@
 //! `on-io-error detach` (at once). Either way the disk goes Failed, then Diskless, and the
 //! node serves from the peer, as DRBD 8.4 does.
 
-use bytes::Bytes;
-
 use super::peer::Phase;
-use super::{After, CommandError, Engine, MetaStep, OpFor, Output};
+use super::{After, CommandError, Engine, OpFor, Output};
 use crate::state::{Context, DiskState, StateChangeError};
 use crate::uuid::UuidFlags;
 
@@ -74,15 +72,7 @@ impl Engine {
             self.drop_disk();
             return;
         }
-        self.queue_dirty_pages();
-        let clean = self.sb.al_applied();
-        self.meta_queue.push_back(MetaStep {
-            offset: self.layout.md_offset,
-            data: Bytes::copy_from_slice(&clean.encode()),
-            after: After::Detach,
-        });
-        self.sb = clean;
-        self.pump_meta();
+        self.write_clean_metadata(After::Detach);
     }
 
     /// The detach's clean superblock is durable (unless the disk failed meanwhile, which

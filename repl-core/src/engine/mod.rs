@@ -1342,12 +1342,18 @@ impl Engine {
         if self.meta_queue.iter().any(|s| s.after == After::Down) {
             return;
         }
+        self.write_clean_metadata(After::Down);
+    }
+
+    /// The dirty bitmap pages, then a superblock with the activity log clean (`down`,
+    /// `detach`); `after` follows once it is durable.
+    fn write_clean_metadata(&mut self, after: After) {
         self.queue_dirty_pages();
         let clean = self.sb.al_applied();
         self.meta_queue.push_back(MetaStep {
             offset: self.layout.md_offset,
             data: Bytes::copy_from_slice(&clean.encode()),
-            after: After::Down,
+            after,
         });
         self.sb = clean;
         self.pump_meta();
