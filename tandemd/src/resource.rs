@@ -346,12 +346,13 @@ impl Registry {
     }
 
     /// A volume's task ended; the resource is gone with its last volume.
-    pub fn release_volume(&self, name: &str, volume: u32) {
+    pub fn release_volume(&self, shared: &Arc<Shared>) {
         let mut m = self.lock();
-        if let Some(e) = m.get_mut(name) {
-            e.up.retain(|x| x.shared.volume != volume);
+        if let Some(e) = m.get_mut(&shared.name) {
+            // This task only: a task of the same volume brought up since stays.
+            e.up.retain(|x| !Arc::ptr_eq(&x.shared, shared));
             if e.is_empty() {
-                m.remove(name);
+                m.remove(&shared.name);
             }
         }
     }
@@ -442,7 +443,7 @@ mod registry_tests {
         r.install("r0", handle(0));
         let (hs, downing) = r.begin_down("r0").expect("up").expect("nothing starting");
         assert_eq!(hs.len(), 2);
-        r.release_volume("r0", 0);
+        r.release_volume(&hs[0].shared);
         assert_eq!(
             r.reserve("r0", &[0], |_| None).unwrap_err(),
             Busy::GoingDown,
@@ -456,15 +457,19 @@ mod registry_tests {
     fn a_failed_up_gives_back_only_what_it_claimed() {
         let r = Registry::default();
         r.reserve("r0", &[1], |_| None).expect("free");
-        r.install("r0", handle(1));
+        let one = handle(1);
+        r.install("r0", one.clone());
         r.reserve("r0", &[0], |_| None).expect("free");
         r.release("r0", &[0]);
         let v = r.get("r0").expect("volume 1 stays up");
         assert_eq!((v.up.len(), v.starting.len()), (1, 0));
+        // A late release from an older task of volume 1 leaves the running one alone.
+        r.release_volume(&handle(1).shared);
+        assert_eq!(r.get("r0").expect("r0").up.len(), 1);
         // A volume that is still coming up keeps the resource (and its link) when the last
         // running one goes.
         r.reserve("r0", &[0], |_| None).expect("free");
-        r.release_volume("r0", 1);
+        r.release_volume(&one.shared);
         assert_eq!(r.get("r0").expect("r0").starting, vec![0]);
         r.release("r0", &[0]);
         assert!(r.get("r0").is_none());
@@ -1084,8 +1089,7 @@ impl Task {
                 );
                 self.finished = true;
                 self.shared.primary.store(false, SeqCst);
-                self.registry
-                    .release_volume(&self.shared.name, self.shared.volume);
+                self.registry.release_volume(&self.shared);
                 self.board
                     .remove_minor(&self.shared.name, self.shared.minor);
                 self.leave_link();
