@@ -1480,17 +1480,7 @@ impl Engine {
             if w.resync {
                 self.rs_write_done(w.link, w.id, w.offset, w.len, false);
             } else {
-                let sector = Sector(w.offset / Sector::SIZE);
-                self.peer_write_finished(
-                    w.link,
-                    w.id,
-                    w.epoch,
-                    sector,
-                    w.len as u32,
-                    w.flags,
-                    false,
-                    false,
-                );
+                self.answer_peer_write(&w, false, false);
             }
         }
     }
@@ -1558,6 +1548,11 @@ impl Engine {
 
     /// [`Engine::peer_write_finished`] for a mirrored write that reached the disk (or failed).
     pub(super) fn finish_peer_write(&mut self, w: &PeerWrite, ok: bool) {
+        self.answer_peer_write(w, ok, true);
+    }
+
+    /// [`Engine::peer_write_finished`] for a queued peer write; `wrote`: it reached the disk.
+    fn answer_peer_write(&mut self, w: &PeerWrite, ok: bool, wrote: bool) {
         let sector = Sector(w.offset / Sector::SIZE);
         self.peer_write_finished(
             w.link,
@@ -1567,7 +1562,7 @@ impl Engine {
             w.len as u32,
             w.flags,
             ok,
-            true,
+            wrote,
         );
     }
 
