@@ -78,15 +78,7 @@ fn dry_runs_match_drbdadm_84() {
                     let mut ours = vec!["--run-dir", run_dir.to_str().unwrap(), "--node", &node];
                     ours.extend(&args);
                     let got = run_ours(d, None, &ours);
-                    let want_out = want
-                        .stdout
-                        .replace("/lib/drbd/drbdsetup-84", "drbdsetup-84");
-                    assert_eq!(
-                        (got.stdout.as_str(), got.code),
-                        (want_out.as_str(), 0),
-                        "{n} as {node}: drbdadm {args:?}\nstderr: {}",
-                        got.stderr
-                    );
+                    assert_same_plan(&got, &want, &format!("{n} as {node}: drbdadm {args:?}"));
                     compared += 1;
                 }
             }
@@ -144,15 +136,7 @@ fn volume_dry_runs_match_drbdadm_84() {
                         }
                         continue;
                     }
-                    let want_out = want
-                        .stdout
-                        .replace("/lib/drbd/drbdsetup-84", "drbdsetup-84");
-                    assert_eq!(
-                        (got.stdout.as_str(), got.code),
-                        (want_out.as_str(), 0),
-                        "{n} as {node}: drbdadm {args:?}\nstderr: {}",
-                        got.stderr
-                    );
+                    assert_same_plan(&got, &want, &format!("{n} as {node}: drbdadm {args:?}"));
                     compared += 1;
                     if cmd == &["up"] && id.contains('/') {
                         // `up RES/VOL`: new-resource, that volume's new-minor and attach, connect.
@@ -167,5 +151,18 @@ fn volume_dry_runs_match_drbdadm_84() {
     assert!(
         up_volume >= 2,
         "compared {up_volume} dry runs of up RES/VOL"
+    );
+}
+
+/// Our dry run printed what drbdadm-84's did (drbdsetup named as on `PATH`) and succeeded.
+fn assert_same_plan(got: &Run, want: &Run, what: &str) {
+    let want_out = want
+        .stdout
+        .replace("/lib/drbd/drbdsetup-84", "drbdsetup-84");
+    assert_eq!(
+        (got.stdout.as_str(), got.code),
+        (want_out.as_str(), 0),
+        "{what}\nstderr: {}",
+        got.stderr
     );
 }
